@@ -1,0 +1,7 @@
+"""`catphish data` commands: check, prepare, phantom, show."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
