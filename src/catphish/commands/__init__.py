@@ -18,6 +18,7 @@ _GROUPS: tuple[tuple[str, str, str], ...] = (
 )
 _COMMANDS: tuple[tuple[str, str], ...] = (
     ("train", "train"),
+    ("predict", "predict"),
     ("evaluate", "evaluate"),
     ("report", "report"),
     ("demo", "demo"),
@@ -28,6 +29,6 @@ def register(root: typer.Typer) -> None:
     for module_name, name, help_text in _GROUPS:
         module = importlib.import_module(f"catphish.commands.{module_name}")
         root.add_typer(module.app, name=name, help=help_text)
-    for module_name, name in _COMMANDS:
+    for module_name, _name in _COMMANDS:
         module = importlib.import_module(f"catphish.commands.{module_name}")
         module.register(root)
