@@ -1,0 +1,1 @@
+"""Site-side privacy audits: memorisation, membership inference, nearest-neighbour screens."""

@@ -1,0 +1,1 @@
+"""Metrics, statistics, fidelity measures and the predictions.csv contract."""

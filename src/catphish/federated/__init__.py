@@ -1,0 +1,1 @@
+"""Flower apps (client/server), strategies, partitions and communication accounting."""

@@ -1,0 +1,1 @@
+"""Study modes (centralized, local, synthetic, mixed, federated, catphishing) composed from the library pieces."""
