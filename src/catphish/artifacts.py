@@ -167,6 +167,38 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     return _decode(json.loads(metadata["catphish_state"]), tensors)
 
 
+def load_state_values(path: str | Path) -> dict[str, Any]:
+    """The plain (non-tensor) values of a :func:`save_state` file, read from its header alone; tensors are ``None``.
+
+    For a quick look at a large file (a cache key, provenance) without reading its tensors.
+    """
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: file does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise ArtifactError(f"{path.name}: file is corrupt or truncated ({exc})") from None
+    if "catphish_state" not in metadata:
+        raise ArtifactError(f"{path.name}: not a catphish state file (no state metadata)")
+    _check_format_version(metadata.get("format_version"), path)
+    return _decode(_without_tensors(json.loads(metadata["catphish_state"])), {})
+
+
+def _without_tensors(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__tensor__" in value or "__ndarray__" in value:
+            return None
+        return {k: _without_tensors(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_tensors(v) for v in value]
+    return value
+
+
 def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
         name = f"t{len(tensors)}"
@@ -237,11 +269,7 @@ def hash_inputs(paths: list[str | Path]) -> dict[str, str]:
 def write_manifest(folder: str | Path, kind: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Hash every file of ``folder`` into ``manifest.json`` (written last, atomically)."""
     folder = Path(folder)
-    files = {
-        str(path.relative_to(folder)): sha256_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith(".")
-    }
+    files = {str(path.relative_to(folder)): sha256_file(path) for path in _tracked_files(folder)}
     manifest = {"format_version": FORMAT_VERSION, "kind": kind, "files": files, **(extra or {})}
     write_json(folder / MANIFEST_NAME, manifest)
     return manifest
@@ -274,12 +302,18 @@ def verify_folder(folder: str | Path, kind: str | None = None) -> dict[str, Any]
             raise ArtifactError(f"{folder.name}/{name}: listed in the manifest but missing")
         if sha256_file(path) != expected:
             raise ArtifactError(f"{folder.name}/{name}: sha256 does not match the manifest (tampered or truncated)")
-    present = {str(p.relative_to(folder)) for p in folder.rglob("*")
-               if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")}
+    present = {str(p.relative_to(folder)) for p in _tracked_files(folder)}
     unexpected = sorted(present - set(listed))
     if unexpected:
         raise ArtifactError(f"{folder.name}/{unexpected[0]}: file not listed in the manifest (added after export)")
     return manifest
+
+
+def _tracked_files(folder: Path) -> list[Path]:
+    """Files a manifest covers: everything but the manifest and hidden working files (``.name`` at any depth)."""
+    return [path for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != MANIFEST_NAME
+            and not any(part.startswith(".") for part in path.relative_to(folder).parts)]
 
 
 def _check_format_version(version: Any, path: Path) -> None:

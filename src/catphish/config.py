@@ -44,6 +44,9 @@ class DataConfig:
     workers: int = 2
     affine_tolerance_mm: float = 1.0
     """Largest allowed difference of voxel-to-world positions between a subject's sequences."""
+    resample_to: str | None = None
+    """Opt-in for raw (not co-registered) data: resample every sequence and the mask into this sequence's voxel grid
+    by world coordinates (``t1``, ``t1c``, ``t2`` or ``flair``) instead of requiring one shared grid."""
 
 
 @dataclass
@@ -68,6 +71,15 @@ class AutoencoderConfig:
     super_resolution_steps: int = 0
     holdout_fraction: float = 0.2
     checkpoint_every: int = 100
+    discriminator_layers: int = 3
+    """Strided layers of the PatchDiscriminator (fewer for tiny grids)."""
+    super_resolution_factor: int = 2
+    """With ``super_resolution``: the autoencoder works at grid / factor and the SR head restores the full grid."""
+    super_resolution_channels: int = 16
+    ssim_weight: float = 0.5
+    """Weight of (1 - SSIM) beside L1 in the super-resolution phase."""
+    flip_augmentation: bool = True
+    """Left-right flips of training images (autoencoder) and of the latents the diffusion model learns from."""
 
 
 @dataclass
@@ -94,6 +106,8 @@ class DiffusionConfig:
     dp_max_grad_norm: float = 1.0
     dp_delta: float = 1e-5
     checkpoint_every: int = 100
+    min_subjects_per_class: int = 2
+    """Training subjects each class needs at a site (after the autoencoder hold-out) for conditional training."""
 
 
 @dataclass
@@ -107,6 +121,11 @@ class SynthesisConfig:
     filter_percentile: float = 20.0
     min_mask_voxels: int = 8
     mask_threshold: float = 0.5
+    preview_per_class: int = 3
+    """Generated cases per class shown in a site package's preview.png."""
+    background_threshold: float = 0.25
+    """Generated voxels connected to the image border whose four sequences all stay below this |z| are set to 0
+    (background), as in the prepared real data."""
 
 
 @dataclass
@@ -124,6 +143,10 @@ class ClassifierConfig:
     schedule: Literal["poly", "cosine"] = "poly"
     class_weighting: bool = True
     augment: bool = True
+    mamba_state_size: int = 16
+    """State size of the Mamba-style block at the end of the encoder (with ``mamba``)."""
+    checkpoint_every: int = 1
+    """Epochs between checkpoints of a fold (``--resume`` continues from the last one)."""
 
 
 @dataclass
@@ -141,12 +164,25 @@ class FederatedConfig:
     noise_multiplier: float = 0.5
     clipping_norm: float = 1.0
     dp_delta: float = 1e-5
+    target_epsilon: float = 0.0
+    """Central DP: when > 0, the noise multiplier is calibrated so that ε after all rounds is this (at dp_delta)."""
     secure_aggregation: bool = False
     compression: Literal["none", "float16", "int8"] = "none"
     partition: Literal["sites", "iid", "dirichlet", "label_skew"] = "sites"
     dirichlet_alpha: float = 0.3
     shared_holdout_fraction: float = 0.05
     round_timeout_s: float = 600.0
+    num_clients: int = 0
+    """Clients of the re-split partitions (iid, dirichlet, label_skew); 0 = one per training site."""
+    evaluate_clients: bool = False
+    """Also evaluate the global model on each client's own data every round (a second model download per round)."""
+    init_from: str = ""
+    """Synthetic pre-training then FL fine-tuning: start from the model of this classifier run folder."""
+    engine: Literal["simulation", "deployment"] = "simulation"
+    superlink: str = "127.0.0.1:8000"
+    """Deployment engine: the SuperLink's Control API address (host:port) the run is submitted to."""
+    root_certificates: str = ""
+    """Deployment engine: CA certificate (PEM) that signed the SuperLink's TLS certificate; empty = insecure."""
 
 
 @dataclass
@@ -155,8 +191,10 @@ class EvaluationConfig:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     fid_samples: int = 300
-    feature_extractor: str = "autoencoder"
-    """``autoencoder`` (the default, no download), ``radiomics``, or a path to user-supplied weights."""
+    feature_extractor: str = "handcrafted"
+    """FID/KID feature extractor for 2D slices: ``handcrafted`` (scikit-image texture features, no download)."""
+    audit_features: str = "autoencoder"
+    """Feature space of the site audit and privacy screen: ``autoencoder``, ``radiomics`` or a ResNet-18 weights file."""
 
 
 @dataclass

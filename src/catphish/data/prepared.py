@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catphish.artifacts import load_state, save_state
+from catphish.artifacts import load_state, load_state_values, save_state
 from catphish.config import TASK_CLASSES
 from catphish.errors import CatphishError
 
@@ -59,7 +59,8 @@ def load_prepared(path: str | Path) -> PreparedSubject:
 
 
 def read_provenance(path: str | Path) -> dict[str, str]:
-    return dict(json.loads(load_state(path)["meta"]).get("provenance", {}))
+    """The provenance stored with a prepared subject, read from the file header alone (fast on large caches)."""
+    return dict(json.loads(load_state_values(path)["meta"]).get("provenance", {}))
 
 
 def load_prepared_dir(folder: str | Path, sites: Iterable[str] | None = None) -> list[PreparedSubject]:

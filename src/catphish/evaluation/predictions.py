@@ -4,6 +4,12 @@ Columns: ``subject_id, site, mode, task, fold, y_true, p_<class>…, y_pred``. `
 mean of the fold models on test subjects, or the fold index (``0``…) for out-of-fold predictions of training subjects.
 For ``tumor_type`` the two-stage model also writes ``stage`` rows (``stage1``: glioblastoma vs lower-grade,
 ``stage2``: oligodendroglioma vs astrocytoma); the combined 3-class rows have ``stage`` = ``combined``.
+
+Stage rows keep the three tumour-type ``p_<class>`` columns: a stage-1 row holds the stage-1 model's P(glioblastoma)
+in ``p_glioblastoma`` (the lower-grade probability may be split over the other two columns in any way); a stage-2
+row holds the stage-2 model's probabilities in ``p_oligodendroglioma`` and ``p_astrocytoma`` (``p_glioblastoma`` is
+ignored). ``y_true`` is always the subject's 3-class label; evaluation scores stage 2 only on true lower-grade
+subjects (see :mod:`catphish.evaluation.classification`).
 """
 
 from __future__ import annotations
