@@ -147,6 +147,9 @@ class ClassifierConfig:
     """State size of the Mamba-style block at the end of the encoder (with ``mamba``)."""
     checkpoint_every: int = 1
     """Epochs between checkpoints of a fold (``--resume`` continues from the last one)."""
+    window: int = 0
+    """Train and predict on a window of this many voxels per axis centred on the tumour (nnU-Net-style patches,
+    capped by the grid); 0 = the whole grid."""
 
 
 @dataclass
