@@ -281,18 +281,23 @@ def _notes(extractor: SliceFeatureExtractor, settings: FidelitySettings,
 
 
 # ---------------------------------------------------------------------------------------------- from datasets
+def slices_of_cases(images: np.ndarray) -> np.ndarray:
+    """``(N, 5, H, W)`` slices of 2D cases as they are; for 3D cases ``(N, 5, X, Y, Z)`` the axial slice (last axis)
+    with the largest tumour area of each."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4:
+        return images
+    areas = images[:, 4].reshape(len(images), -1, images.shape[-1]).sum(1)
+    return np.stack([case[..., int(np.argmax(area))] for case, area in zip(images, areas, strict=True)])
+
+
 def slices_by_site(subjects: Iterable[PreparedSubject]) -> dict[str, np.ndarray]:
     """Stack prepared subjects into ``site → (N, 5, H, W)``: every slice of a 2D subject; for a 3D subject the axial
-    slice (last axis) with the largest tumour area."""
+    slice with the largest tumour area."""
     groups: dict[str, list[np.ndarray]] = {}
     for subject in subjects:
-        image = subject.image
-        if image.ndim == 5:  # (1, 5, X, Y, Z)
-            volume = image[0]
-            axial = int(np.argmax(volume[4].reshape(-1, volume.shape[-1]).sum(0)))
-            image = volume[..., axial][None]
-        groups.setdefault(subject.site, []).append(image)
-    return {site: np.concatenate(images).astype(np.float32) for site, images in sorted(groups.items())}
+        groups.setdefault(subject.site, []).append(slices_of_cases(subject.image))
+    return {site: np.concatenate(images) for site, images in sorted(groups.items())}
 
 
 def load_cohort_slices(path: str | Path, config: StudyConfig, cache_dir: str | Path,

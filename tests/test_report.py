@@ -1,0 +1,68 @@
+"""`catphish report` builds one self-contained HTML page from evaluation folders."""
+
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from catphish.cli import app
+from catphish.evaluation.predictions import Prediction, write_predictions
+from ldm_fixtures import tiny_subjects, write_prepared
+
+SITES = ("NYU", "UCSF")
+
+
+def _predictions(mode, strength, seed):
+    rng = np.random.default_rng(seed)
+    truths = np.random.default_rng(99).random(len(SITES) * 25) < 0.4
+    rows = []
+    for s, site in enumerate(SITES):
+        for i in range(25):
+            truth = "mutant" if truths[s * 25 + i] else "wildtype"
+            logit = strength * (1 if truth == "mutant" else -1) + rng.normal(0, 1.0)
+            p = float(1 / (1 + np.exp(-logit)))
+            probabilities = {"mutant": p, "wildtype": 1 - p}
+            rows.append(Prediction(f"{site}-{i:03d}", site, mode, "idh", "ensemble", truth, probabilities))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def evaluations(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    runs = []
+    for seed, (mode, strength) in enumerate({"centralized": 2.0, "federated": 1.8, "synthetic": 1.5}.items()):
+        write_predictions(root / mode / "predictions.csv", _predictions(mode, strength, seed), ("mutant", "wildtype"))
+        runs.append(str(root / mode))
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", *runs, "--out", str(root / "eval"), "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    real = write_prepared(root / "real", [*tiny_subjects(site="alpha", size=32), *tiny_subjects(site="beta", size=32,
+                                                                                               seed=1)])
+    synthetic = write_prepared(root / "syn", [*tiny_subjects(site="synthetic-alpha", size=32, seed=2),
+                                              *tiny_subjects(site="synthetic-beta", size=32, seed=3)])
+    result = runner.invoke(app, ["evaluate-synthesis", "--real", str(real), "--synthetic", str(synthetic),
+                                 "--out", str(root / "fidelity"), "--no-quality"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_report_is_self_contained_and_has_the_paper_sections(evaluations, tmp_path):
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", str(evaluations / "eval"), str(evaluations / "fidelity"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    for heading in ("Summary", "Classification (Tables 4–5, Figure 3)", "Fidelity of the synthetic cohort",
+                    "Run metadata"):
+        assert heading in html
+    assert len(re.findall(r'src="data:image/png;base64,', html)) >= 3  # ROC, confusion matrices, FID matrices
+    assert not re.search(r'(src|href)="https?://', html), "the report must not load anything from the network"
+    assert "McNemar" in html and "federated" in html and "handcrafted" in html
+
+
+def test_report_without_evaluations_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")])
+    assert result.exit_code != 0
+    assert "evaluation folder does not exist" in str(result.exception)
+    assert not (tmp_path / "r.html").exists()
