@@ -19,3 +19,17 @@ def test_markdown_table_and_stage_timer():
     with timer.stage("a"):
         pass
     assert set(timer.stages) == {"a"} and timer.total >= 0
+
+
+def test_sampler_settings_parse_and_bad_ones_are_named():
+    import pytest
+
+    from catphish.errors import CatphishError
+    from catphish.modes.synthesis_benchmark import parse_settings
+
+    settings = parse_settings(["ddpm:1000", "ddim:50,ddim:20"])
+    assert [(s.sampler, s.steps, s.label) for s in settings] == [("ddpm", 1000, "DDPM-1000"), ("ddim", 50, "DDIM-50"),
+                                                                 ("ddim", 20, "DDIM-20")]
+    for bad in ("euler:10", "ddim:0", "ddim", "ddim:x"):
+        with pytest.raises(CatphishError, match=f"sampler setting '{bad}'"):
+            parse_settings([bad])

@@ -177,6 +177,9 @@ def test_two_stage_tumour_type_combines_into_three_classes():
     assert np.allclose(combined, [[0.8 * 0.25, 0.8 * 0.75, 0.2]])
     row = stage_rows("tumor_type", "stage1", np.array([[0.2, 0.8]]))[0]
     assert row["glioblastoma"] == pytest.approx(0.2) and row["oligodendroglioma"] == pytest.approx(0.4)
+    # p(GBM) = 0.4 < 0.5: with stage 2's choice the row's argmax is a lower-grade class, as stage 1 decides
+    row = stage_rows("tumor_type", "stage1", np.array([[0.4, 0.6]]), np.array([[0.25, 0.75]]))[0]
+    assert row == pytest.approx({"oligodendroglioma": 0.0, "astrocytoma": 0.6, "glioblastoma": 0.4})
     astro = PreparedSubject("s", "A", np.zeros((1, 5, 4, 4), np.float32), tumor_type="astrocytoma")
     assert stage1.relabelled(astro, "tumor_type").tumor_type == "lower-grade"
     assert stage1.relabelled(astro, "tumor_type").image is astro.image

@@ -49,7 +49,7 @@ def synth(
     from catphish.modes.synthesis_benchmark import parse_settings, run_synth_benchmark
     from catphish.runtime import console, resolve_device, seed_everything, settings
 
-    chosen = parse_settings([item.strip() for value in settings_ for item in value.split(",") if item.strip()])
+    chosen = parse_settings(settings_)
     seed_everything(settings.seed)
     result = run_synth_benchmark(Path(package), Path(data), Path(out), settings=chosen, per_class=per_class,
                                  seed=settings.seed, device=resolve_device(), cache_dir=Path(cache) if cache else None,
@@ -104,3 +104,33 @@ def train(
     chosen = [mode.strip() for mode in modes.split(",") if mode.strip()]
     run_train_benchmark(study, Path(data), Path(out), task, chosen, Path(synthetic) if synthetic else None,
                         Path(cache) if cache else None, Path(benchmarks), "catphish " + " ".join(sys.argv[1:]))
+
+
+@app.command("all")
+def all_(
+    out: str = typer.Option("runs/bench", "--out", help="Folder of the demo study it runs (re-running skips finished "
+                            "stages)."),
+    scale: float = typer.Option(0.1, "--scale", help="Phantom cohort scale of the demo."),
+    preset: str = typer.Option("demo", "--preset", help="Preset of every demo stage."),
+    per_class: int = typer.Option(60, "--per-class", help="Hub: synthetic cases per class per site."),
+    rounds: int = typer.Option(10, "--rounds", help="Federated rounds."),
+    synth_per_class: int = typer.Option(4, "--synth-per-class", help="bench synth: cases per class and setting."),
+    settings_: list[str] = typer.Option(["ddpm:1000", "ddim:50", "ddim:20"], "--settings",
+                                        help="bench synth sampler settings SAMPLER:STEPS."),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value passed to every demo stage (repeat)."),
+    benchmarks: str = typer.Option("BENCHMARKS.md", "--benchmarks", help="Benchmarks file to write."),
+) -> None:
+    """The demo timed per stage (wall, peak RSS), synthesis DDIM vs DDPM, communication, machine → BENCHMARKS.md."""
+    from pathlib import Path
+
+    from catphish.modes.bench_all import BenchAllOptions, run_bench_all
+    from catphish.modes.demo import DemoOptions
+    from catphish.modes.synthesis_benchmark import parse_settings
+    from catphish.runtime import console, resolve_device, settings
+
+    chosen = parse_settings(settings_)
+    options = BenchAllOptions(DemoOptions(out=Path(out), scale=scale, preset=preset, per_class=per_class,
+                                          rounds=rounds, overrides=list(overrides)),
+                              benchmarks=Path(benchmarks), synth_settings=chosen, synth_per_class=synth_per_class)
+    run_bench_all(options, settings.seed, resolve_device(), show_progress=not settings.quiet)
+    console.print(f"[green]wrote[/green] {benchmarks}: machine, demo, synth and comms sections")

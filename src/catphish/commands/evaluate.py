@@ -59,8 +59,10 @@ def register(root: typer.Typer) -> None:
         synthetic: Path = typer.Option(..., "--synthetic", help="Synthetic dataset (sites named synthetic-<site>), "
                                        "raw or prepared."),
         out: Path = typer.Option(..., "--out", help="Folder for the tables (CSV + JSON), figures.json and run.json."),
-        samples: int = typer.Option(_DEFAULTS.fid_samples, "--samples", help="Slices drawn per site and source."),
-        features: str = typer.Option("handcrafted", "--features", help="Feature extractor for FID/KID/precision-recall."),
+        samples: int | None = typer.Option(None, "--samples", help="Slices drawn per site and source (default: "
+                                           f"evaluation.fid_samples, {_DEFAULTS.fid_samples})."),
+        features: str | None = typer.Option(None, "--features", help="Feature extractor for FID/KID/precision-recall "
+                                            "(default: evaluation.feature_extractor, handcrafted)."),
         brisque_model: Path | None = typer.Option(None, "--brisque-model", help="Folder with LIVE's BRISQUE allmodel "
                                                   "and allrange (default: the shipped OpenCV LIVE model)."),
         no_quality: bool = typer.Option(False, "--no-quality", help="Skip BRISQUE and PIQE."),
@@ -80,11 +82,12 @@ def register(root: typer.Typer) -> None:
         from catphish.evaluation.synthetic_cohort import FidelitySettings, evaluate_synthetic_cohort, load_cohort_slices
         from catphish.runtime import log, settings
 
+        study = load_config(config, preset, overrides)
+        samples = study.evaluation.fid_samples if samples is None else samples
         if samples < 4:
             raise CatphishError(f"--samples must be at least 4, got {samples}")
         _check_output_folder(out)
-        study = load_config(config, preset, overrides)
-        extractor = feature_extractor(features)
+        extractor = feature_extractor(features or study.evaluation.feature_extractor)
         model = None if no_quality else quality.load_brisque_model(brisque_model)
         options = FidelitySettings(samples=samples, seed=settings.seed if seed is None else seed, quality=not no_quality)
         with _cache_folder(cache) as cache_dir:

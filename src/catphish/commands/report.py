@@ -27,7 +27,7 @@ def register(root: typer.Typer) -> None:
         from catphish.artifacts import read_json
         from catphish.reporting.report import ReportInputs, build_report
 
-        times = ({p.stem: float(read_json(p)["seconds"]) for p in sorted(stage_times.glob("*.json"))}
+        times = ({p.stem: read_json(p) for p in sorted(stage_times.glob("*.json"), key=lambda p: p.stat().st_mtime)}
                  if stage_times is not None and stage_times.is_dir() else None)
         path = build_report(ReportInputs(evaluations=evaluations, data_dir=data, synthetic_dir=synthetic,
                                          filtered_dir=filtered, packages=packages, runs=runs, title=title,

@@ -131,8 +131,9 @@ def audit(
     package: Path = typer.Argument(..., help="The site's own package."),
     data: Path = typer.Option(..., "--data", help="The site's real data (dataset folder or prepared cache); never leaves."),
     n: int = typer.Option(64, "--n", help="Synthetic cases generated for the audit (balanced over classes)."),
-    features: str = typer.Option("autoencoder", "--features", help="Feature space for distances: autoencoder, radiomics "
-                                 "or a ResNet-18 .safetensors file."),
+    features: str | None = typer.Option(None, "--features", help="Feature space for distances: autoencoder, radiomics "
+                                        "or a ResNet-18 .safetensors file (default: the package's "
+                                        "evaluation.audit_features)."),
     cache: Path | None = typer.Option(None, "--cache", help="Prepared-data cache for a raw dataset."),
     max_pearson: float | None = typer.Option(None, "--max-pearson", help="Fail when any synthetic case correlates "
                                              "above this with a training case (memorisation)."),
@@ -160,8 +161,8 @@ def share_synthetic_command(
     out: Path = typer.Option(..., "--out", help="Folder for the screened synthetic cohort (data contract)."),
     percentile: float = typer.Option(5.0, "--percentile", help="Block cases nearer to a training case than this "
                                      "percentile of real-to-real nearest distances."),
-    features: str = typer.Option("autoencoder", "--features", help="Feature space: autoencoder, radiomics or a "
-                                 "ResNet-18 .safetensors file."),
+    features: str | None = typer.Option(None, "--features", help="Feature space: autoencoder, radiomics or a "
+                                        "ResNet-18 .safetensors file (default: the package's evaluation.audit_features)."),
     cache: Path | None = typer.Option(None, "--cache", help="Prepared-data cache for a raw dataset."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:

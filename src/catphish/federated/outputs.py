@@ -53,7 +53,8 @@ def write_federated_predictions(out: Path, models: dict[str, torch.nn.Module], f
                                dict(zip(class_names, map(float, combined[index]), strict=True))))
         if len(per_stage) > 1:
             for stage, probabilities in per_stage.items():
-                values = stage_rows(setup.task, stage, probabilities[index:index + 1])[0]
+                values = stage_rows(setup.task, stage, probabilities[index:index + 1],
+                                    per_stage["stage2"][index:index + 1])[0]
                 rows.append(Prediction(subject.subject_id, subject.site, "federated", setup.task, "ensemble", truth,
                                        values, stage=stage))
     write_predictions(out / PREDICTIONS_NAME, rows, class_names)

@@ -66,7 +66,7 @@ def generate_balanced(package: Any, n: int, seed: int, device: Any) -> tuple[np.
 
 
 # ---------------------------------------------------------------------------------------------------------- audit
-def audit_package(package_dir: str | Path, data_dir: str | Path, n: int = 64, features: str = "autoencoder",
+def audit_package(package_dir: str | Path, data_dir: str | Path, n: int = 64, features: str | None = None,
                   cache_dir: str | Path | None = None, seed: int = 0, max_pearson_limit: float | None = None,
                   mia_auc_limit: float | None = None) -> dict[str, Any]:
     """Run the audit, store it in the package and return it; raise when a limit is exceeded (after storing)."""
@@ -77,7 +77,7 @@ def audit_package(package_dir: str | Path, data_dir: str | Path, n: int = 64, fe
     package = load_site_package(folder, device=device)
     data = site_images(package, Path(data_dir), Path(cache_dir) if cache_dir else None)
     synthetic, _ = generate_balanced(package, n, seed, device)
-    space = feature_space(features, package, device)
+    space = feature_space(features or package.config.evaluation.audit_features, package, device)
     audit = _measure(synthetic, data, space)
     limits = {"max_pearson": max_pearson_limit, "mia_auc": mia_auc_limit}
     failures = _failures(audit, limits)
@@ -156,7 +156,7 @@ def _histograms(path: Path, d: dict[str, np.ndarray], site: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- synthetic sharing
 def share_synthetic(package_dir: str | Path, data_dir: str | Path, n: int, out: str | Path,
-                    features: str = "autoencoder", percentile: float = 5.0, cache_dir: str | Path | None = None,
+                    features: str | None = None, percentile: float = 5.0, cache_dir: str | Path | None = None,
                     seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Generate ``n`` cases, block those too close to a training case, write the rest in the data contract."""
     from catphish.modes.site_package import load_site_package
@@ -172,7 +172,7 @@ def share_synthetic(package_dir: str | Path, data_dir: str | Path, n: int, out: 
                           "features": features, "seed": seed}, overwrite=overwrite, what="shared cohort")
     with run_record(out, "site share-synthetic", None, seed, inputs=[package_dir]) as record:
         data = site_images(package, Path(data_dir), Path(cache_dir) if cache_dir else None)
-        space = feature_space(features, package, device)
+        space = feature_space(features or package.config.evaluation.audit_features, package, device)
         screen = PrivacyScreen(percentile).fit(space.embed(data.train_images))
         synthetic, labels = generate_balanced(package, n, seed, device)
         distance = screen.nearest_distance(space.embed(synthetic))

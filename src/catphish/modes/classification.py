@@ -481,7 +481,8 @@ def _prediction_rows(subjects: Sequence[PreparedSubject], mode: str, task: str, 
                                dict(zip(class_names, map(float, combined[index]), strict=True))))
         if task == "tumor_type":
             for stage in ("stage1", "stage2"):
-                probabilities = stage_rows(task, stage, per_stage[stage][index:index + 1])[0]
+                probabilities = stage_rows(task, stage, per_stage[stage][index:index + 1],
+                                           per_stage["stage2"][index:index + 1])[0]
                 rows.append(Prediction(subject.subject_id, subject.site, mode, task, fold, truth, probabilities,
                                        stage=stage))
     return rows

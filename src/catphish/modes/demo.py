@@ -23,7 +23,7 @@ from typing import Any
 
 from catphish.artifacts import read_json, write_json
 from catphish.errors import CatphishError
-from catphish.runtime import console, log, settings
+from catphish.runtime import console, log, progress_bar, resolve_device, settings
 
 TRAINING_SITES: tuple[str, ...] = ("TCGA", "UTSW", "EGD")
 MODES: tuple[str, ...] = ("centralized", "federated", "synthetic")
@@ -75,13 +75,13 @@ class Demo:
     # ------------------------------------------------------------------------------------------- the study
     def run(self) -> dict[str, Any]:
         options = self.options
+        self.validate()
         data, cache = self.path("data"), self.path("cache")
         self.stage("phantom", ["data", "phantom", str(data), "--scale", str(options.scale),
                                "--resolution", str(options.phantom_resolution)])
         self.stage("prepare", ["data", "prepare", str(data), "--out", str(cache), *self.preset_args()])
+        self.site_models(cache)
         for site in TRAINING_SITES:
-            self.stage(f"site-{site}", ["site", "train", "--data", str(cache), "--site", site, "--task", options.task,
-                                        "--out", str(self.package(site)), "--resume", *self.preset_args()])
             self.stage(f"verify-{site}", ["site", "verify", str(self.package(site))])
             self.stage(f"audit-{site}", ["site", "audit", str(self.package(site)), "--data", str(cache),
                                          "--n", str(options.audit_cases)])
@@ -104,7 +104,7 @@ class Demo:
                                           str(self.path("synthetic-filtered")), "--out",
                                           str(self.path("eval-synthesis")), "--samples",
                                           str(options.fidelity_samples), *self.preset_args()])
-        self.communication(cache, packages)
+        self.communication(data, packages)
         self.stage("report", ["report", str(self.path("eval")), str(self.path("eval-synthesis")), "--out",
                               str(self.path("report.html")), "--data", str(data), "--filtered",
                               str(self.path("synthetic-filtered")), "--communication",
@@ -112,6 +112,20 @@ class Demo:
                               *_repeat("--package", packages),
                               "--run", str(self.run_dir("federated")), "--title", "catphish demo study (phantom data)"])
         return self.summary()
+
+    def validate(self) -> None:
+        """Refuse bad options before any stage runs (a child failing later would leave a half-built study)."""
+        from catphish.config import load_config
+
+        options = self.options
+        if options.scale <= 0:
+            raise CatphishError(f"--scale must be positive, got {options.scale}")
+        for name, value, least in (("--per-class", options.per_class, 1), ("--rounds", options.rounds, 1),
+                                   ("--audit-cases", options.audit_cases, 2),
+                                   ("--fidelity-samples", options.fidelity_samples, 2)):
+            if value < least:
+                raise CatphishError(f"{name} must be at least {least}, got {value}")
+        load_config(options.config_file, options.preset, options.overrides)
 
     def preset_args(self) -> list[str]:
         args = ["--preset", self.options.preset]
@@ -122,43 +136,112 @@ class Demo:
         return args
 
     # ------------------------------------------------------------------------------------------ stages
+    def finished(self, name: str) -> StageResult | None:
+        """The result of a stage that finished in an earlier run (its record exists), else ``None``."""
+        record = self.path("stages", f"{name}.json")
+        if not record.exists():
+            return None
+        previous = read_json(record)
+        result = StageResult(name, float(previous["seconds"]), float(previous["peak_rss_mb"]), skipped=True)
+        log.info("stage %s: finished before (%.0f s), skipped", name, result.seconds)
+        self.results.append(result)
+        return result
+
     def stage(self, name: str, args: Sequence[str]) -> StageResult:
         """Run ``catphish ARGS`` unless the stage finished before; record wall time and peak RSS."""
-        record = self.path("stages", f"{name}.json")
-        if record.exists():
-            previous = read_json(record)
-            result = StageResult(name, float(previous["seconds"]), float(previous["peak_rss_mb"]), skipped=True)
-            log.info("stage %s: finished before (%.0f s), skipped", name, result.seconds)
-            self.results.append(result)
-            return result
-        command = [sys.executable, "-c", "from catphish.cli import run; run()", "--seed", str(settings.seed),
-                   "--device", settings.device, *(["--quiet"] if settings.quiet else []), *args]
+        done = self.finished(name)
+        if done is not None:
+            return done
         console.rule(f"[bold]{name}")
-        log.debug("running %s", " ".join(command))
         started = time.perf_counter()
-        process = subprocess.Popen(command)
+        process = subprocess.Popen(_command(args, quiet=settings.quiet))
         try:
             _, status, usage = os.wait4(process.pid, 0)
         except KeyboardInterrupt:
             process.terminate()
             process.wait()
             raise
-        process.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.perf_counter() - started
-        if process.returncode != 0:
-            raise CatphishError(f"demo stage '{name}' failed (exit {process.returncode}): catphish {' '.join(args)}")
-        result = StageResult(name, seconds, usage.ru_maxrss / 1024.0)
-        write_json(record, {"stage": name, "seconds": seconds, "peak_rss_mb": result.peak_rss_mb,
-                            "command": ["catphish", *args]})
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise CatphishError(f"demo stage '{name}' failed (exit {os.waitstatus_to_exitcode(status)}): "
+                                f"catphish {' '.join(args)}")
+        return self.record(name, args, time.perf_counter() - started, usage.ru_maxrss / 1024.0)
+
+    def record(self, name: str, args: Sequence[str], seconds: float, peak_rss_mb: float) -> StageResult:
+        result = StageResult(name, seconds, peak_rss_mb)
+        write_json(self.path("stages", f"{name}.json"), {"stage": name, "seconds": seconds,
+                                                          "peak_rss_mb": peak_rss_mb, "command": ["catphish", *args]})
         self.results.append(result)
         return result
 
-    def communication(self, cache: Path, packages: Sequence[str]) -> None:
-        """Exact bytes leaving the sites per mode (paper, Supplementary Note 7), for the report and BENCHMARKS.md."""
+    def site_models(self, cache: Path) -> None:
+        """Train the sites' models at the same time, as independent sites would, one CPU thread each (small models
+        use two threads poorly, so this finishes sooner than one after another); logs go to ``DIR/logs``."""
+        options = self.options
+        stages = {f"site-{site}": ["site", "train", "--data", str(cache), "--site", site, "--task", options.task,
+                                   "--out", str(self.package(site)), "--resume", *self.preset_args()]
+                  for site in TRAINING_SITES}
+        pending = {name: args for name, args in stages.items() if self.finished(name) is None}
+        if len(pending) <= 1 or resolve_device().type == "cuda":  # one GPU: one site after another
+            for name, args in pending.items():
+                self.stage(name, args)
+            return
+        threads = max(1, (os.cpu_count() or 1) // len(pending))
+        environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.path("logs").mkdir(parents=True, exist_ok=True)
+        console.rule(f"[bold]site models ({', '.join(pending)}) in parallel, {threads} thread(s) each")
+        running: dict[int, tuple[str, subprocess.Popen, float]] = {}
+        try:
+            for name, args in pending.items():
+                with self.path("logs", f"{name}.log").open("w") as log_file:
+                    process = subprocess.Popen(_command(args, quiet=True), stdout=log_file, stderr=subprocess.STDOUT,
+                                               env=environment)
+                running[process.pid] = (name, process, time.perf_counter())
+            self._wait_for_sites(running, pending)
+        finally:
+            for _, process, _ in running.values():
+                process.terminate()
+                process.wait()
+
+    def _wait_for_sites(self, running: dict[int, tuple[str, subprocess.Popen, float]],
+                        stages: dict[str, list[str]]) -> None:
+        from catphish.config import load_config
+
+        config = load_config(self.options.config_file, self.options.preset, self.options.overrides)
+        total = config.autoencoder.steps + config.autoencoder.super_resolution_steps + config.diffusion.steps
+        with progress_bar(transient=True) as progress:
+            tasks = {name: progress.add_task(name, total=total, status="") for name, _, _ in running.values()}
+            while running:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+                if pid == 0:
+                    for name, task in tasks.items():
+                        progress.update(task, completed=self._steps_done(name.removeprefix("site-")))
+                    time.sleep(1.0)
+                    continue
+                name, _, started = running.pop(pid)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    tail = self.path("logs", f"{name}.log").read_text().strip().splitlines()[-1:]
+                    raise CatphishError(f"demo stage '{name}' failed: {' '.join(tail)} (log: "
+                                        f"{self.path('logs', name + '.log')})")
+                progress.update(tasks[name], completed=total)
+                result = self.record(name, stages[name], time.perf_counter() - started, usage.ru_maxrss / 1024.0)
+                console.print(f"{name}: finished in {result.seconds:.0f} s")
+
+    def _steps_done(self, site: str) -> int:
+        """Training steps a site has logged so far (lines of its unfinished package's metrics.csv)."""
+        metrics = self.package(site).with_name(f"{site}.catphish.partial") / "training" / "metrics.csv"
+        try:
+            with metrics.open() as handle:
+                return max(sum(1 for _ in handle) - 1, 0)
+        except OSError:
+            return 0
+
+    def communication(self, data: Path, packages: Sequence[str]) -> None:
+        """Exact bytes leaving the sites per mode (paper, Supplementary Note 7), for the report and BENCHMARKS.md:
+        centralized sends the training sites' NIfTI files, as `catphish bench comms` counts them."""
         from catphish.federated.comms import communication_table, federated_run_bytes, file_bytes
 
-        training_images = [p for site in TRAINING_SITES for p in (cache / site).glob("*.safetensors")]
-        rows = communication_table(file_bytes(training_images), federated_run_bytes(self.run_dir("federated")),
+        centralized = file_bytes([data / site for site in TRAINING_SITES])
+        rows = communication_table(centralized, federated_run_bytes(self.run_dir("federated")),
                                    file_bytes(packages), rounds=self.options.rounds, sites=len(TRAINING_SITES))
         write_json(self.path("communication.json"),
                    [{"mode": r.mode, "what leaves the sites": r.what_travels, "bytes": r.bytes,
@@ -175,8 +258,10 @@ class Demo:
                 continue
             mcnemar = next((t for t in tests if t.get("site") == "overall" and t.get("mode") == row["mode"]
                             and str(t.get("test", "")).lower().startswith("mcnemar")), None)
+            reference = "reference" if row["mode"] == "centralized" else "—"
             rows.append({"mode": row["mode"], "AUC": row.get("auc"), "ACC": row.get("accuracy"),
-                         "McNemar vs centralized": (mcnemar or {}).get("report", "reference")})
+                         "McNemar vs centralized": (mcnemar or {}).get("reported", reference),
+                         "McNemar p": (mcnemar or {}).get("p_value")})
         fidelity = read_json(self.path("eval-synthesis", "fidelity_summary.json"))["rows"]
         summary = {"report": str(self.path("report.html").resolve()), "modes": rows, "fidelity": fidelity,
                    "stages": {r.name: round(r.seconds, 1) for r in self.results},
@@ -184,6 +269,12 @@ class Demo:
                    "peak_rss_mb": round(max((r.peak_rss_mb for r in self.results), default=0.0), 1)}
         write_json(self.path("summary.json"), summary)
         return summary
+
+
+def _command(args: Sequence[str], quiet: bool) -> list[str]:
+    """``catphish ARGS`` as a child process with this run's seed and device."""
+    return [sys.executable, "-c", "from catphish.cli import run; run()", "--seed", str(settings.seed), "--device",
+            settings.device, *(["--quiet"] if quiet else []), *args]
 
 
 def _repeat(option: str, values: Sequence[str]) -> list[str]:

@@ -28,7 +28,8 @@ from sklearn.preprocessing import StandardScaler
 
 from catphish.artifacts import atomic_output_path, run_record, write_json
 from catphish.config import StudyConfig
-from catphish.data.prepared import PreparedSubject, load_prepared_dir
+from catphish.data.prepared import PreparedSubject
+from catphish.modes.classification import load_subjects
 from catphish.modes.site_package import SitePackage, TrainRequest, load_site_package, train_site_package
 from catphish.reporting.benchmarks import machine_line, markdown_table, peak_rss_mb, update_section
 from catphish.runtime import log
@@ -153,7 +154,8 @@ def run_ldm_benchmark(data_dir: Path, site: str, task: str, config: StudyConfig,
         started = time.perf_counter()
         cases, labels = sample_for_fidelity(package, per_class, seed, show_progress)
         sample_wall = time.perf_counter() - started
-        subjects = [s for s in load_prepared_dir(out / "prepared", sites=[site]) if s.split != "test"]
+        subjects = [s for s in load_subjects(data_dir, config, [site], out / "prepared", skip_invalid=False)
+                    if s.split != "test"]
         fidelity = class_fidelity(real_features(subjects, task, package.class_names), case_features(cases, labels),
                                   package.class_names, seed)
         fidelity_figure(out / "class_fidelity.png", fidelity, f"site {site}, task {task}, preset {config.preset}")

@@ -162,6 +162,15 @@ def model_tensors(model: SiteModel) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _training_summary(model: Any) -> dict[str, Any]:
+    """Steps, time and final losses per stage; under DP-SGD the diffusion stage's losses are left out, since they are
+    computed on the private data outside the ε guarantee (as metrics.csv is)."""
+    if model.differential_privacy is None:
+        return model.stages
+    return {name: ({k: v for k, v in stage.items() if k != "final_losses"} if name == "diffusion" else stage)
+            for name, stage in model.stages.items()}
+
+
 def build_card(model: SiteModel, cohort: SiteCohort, config: StudyConfig, *, seed: int, wall_seconds: float,
                perceptual: dict[str, Any], resources: dict[str, Any] | None = None) -> dict[str, Any]:
     """The package card: aggregate numbers only (class counts, losses, quality), never subject-level data."""
@@ -181,7 +190,7 @@ def build_card(model: SiteModel, cohort: SiteCohort, config: StudyConfig, *, see
         "channels": list(CHANNEL_NAMES),
         "latent_shape": list(latent_shape(config.autoencoder, tuple(config.data.grid))),
         "scale_factor": model.scale_factor,
-        "training": model.stages,
+        "training": _training_summary(model),
         "conditioning": {"type": "cross-attention on a learned class embedding", "null_token": len(cohort.class_names),
                          "condition_dropout": diffusion.condition_dropout, "classifier_free_guidance": True},
         "schedule": {"train_timesteps": diffusion.train_timesteps, "schedule": diffusion.schedule,

@@ -43,9 +43,9 @@ class SamplerSetting:
 
 
 def parse_settings(values: Sequence[str]) -> list[SamplerSetting]:
-    """``["ddpm:1000", "ddim:50"]`` → sampler settings; a clear error for anything else."""
+    """``["ddpm:1000", "ddim:50,ddim:20"]`` → sampler settings; a clear error for anything else."""
     settings = []
-    for value in values:
+    for value in (item.strip() for text in values for item in text.split(",") if item.strip()):
         sampler, _, steps = value.partition(":")
         if sampler not in ("ddpm", "ddim") or not steps.isdigit() or int(steps) < 1:
             raise CatphishError(f"sampler setting '{value}' is not SAMPLER:STEPS with SAMPLER ddpm or ddim and STEPS ≥ 1")

@@ -48,7 +48,8 @@ class ReportInputs:
     runs: list[Path] = field(default_factory=list)
     communication: list[dict[str, Any]] | None = None
     title: str = "catphish study report"
-    stage_times: dict[str, float] | None = None
+    stage_times: dict[str, dict[str, float]] | None = None
+    """Stage name → ``{"seconds", "peak_rss_mb"}`` in the order the stages ran (the demo's stage records)."""
 
 
 def build_report(inputs: ReportInputs, out: str | Path) -> Path:
@@ -99,6 +100,14 @@ def _load_evaluations(folders: Sequence[Path]) -> tuple[dict[str, dict[str, Any]
     return tables, figures
 
 
+def _mcnemar(tests: dict[tuple[str, str], dict[str, Any]], row: dict[str, Any]) -> str:
+    """The paper's way of reporting the paired test, or 'reference' for the reference mode itself."""
+    test = tests.get((row["task"], row["mode"]))
+    if test is not None:
+        return str(test.get("reported", "—"))
+    return "reference" if row["mode"] == "centralized" else "—"
+
+
 def _rows(tables: dict[str, dict[str, Any]], name: str, **where: str) -> list[dict[str, Any]]:
     rows = tables.get(name, {}).get("rows", [])
     return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
@@ -115,13 +124,14 @@ def _overview(page: Page, tables: dict[str, dict[str, Any]], inputs: ReportInput
                      "reference (centralized) mode on the same subjects; p > 0.05 means no significant difference.")
         section.table([{"task": r["task"], "mode": r["mode"], "subjects": r.get("n"), "ACC": r.get("accuracy"),
                         "AUC": r.get("auc"), "AUC 95% CI": _ci(r),
-                        "McNemar vs reference": tests.get((r["task"], r["mode"]), {}).get("report", "reference")}
-                       for r in overall])
+                        "McNemar vs reference": _mcnemar(tests, r)} for r in overall])
     section.text("Modes: " + "; ".join(f"{m} — {t}" for m, t in MODE_EXPLANATION.items()) + ".")
     if inputs.stage_times:
         section.heading("Wall time per stage")
-        section.table([{"stage": k, "seconds": round(v, 1)} for k, v in inputs.stage_times.items()]
-                      + [{"stage": "total", "seconds": round(sum(inputs.stage_times.values()), 1)}])
+        section.table([{"stage": k, "seconds": round(v["seconds"], 1), "peak RSS MiB": round(v["peak_rss_mb"])}
+                       for k, v in inputs.stage_times.items()]
+                      + [{"stage": "total", "seconds": round(sum(v["seconds"] for v in inputs.stage_times.values()), 1),
+                          "peak RSS MiB": round(max(v["peak_rss_mb"] for v in inputs.stage_times.values()))}])
 
 
 def _ci(row: dict[str, Any]) -> str:
@@ -192,7 +202,9 @@ def _classification(page: Page, tables: dict[str, dict[str, Any]], figures: dict
                  "and pooled ('overall').")
     binary = tables.get("binary_metrics", {}).get("rows", [])
     if binary:
-        section.table(binary, columns=[c for c in tables["binary_metrics"]["columns"] if c not in ("task",)])
+        # The class names are in the sentence above; dropping them keeps the table within a laptop screen.
+        hidden = {"task", "positive_class", "negative_class"} | ({"stage"} if _one_value(binary, "stage") else set())
+        section.table(binary, columns=[c for c in tables["binary_metrics"]["columns"] if c not in hidden])
     rocs = figures.get("roc", [])
     if rocs:
         section.heading("ROC curves on the pooled test sites (Figure 3 analogue)")
@@ -210,7 +222,12 @@ def _classification(page: Page, tables: dict[str, dict[str, Any]], figures: dict
     if paired:
         section.heading("Paired tests against the reference mode")
         section.text(tables["paired_tests"].get("description", ""))
-        section.table(paired)
+        hidden = {"task", "reference"} | ({"stage"} if _one_value(paired, "stage") else set())
+        section.table(paired, columns=[c for c in tables["paired_tests"]["columns"] if c not in hidden])
+
+
+def _one_value(rows: list[dict[str, Any]], key: str) -> bool:
+    return len({str(r.get(key)) for r in rows}) <= 1
 
 
 def _positive_text(notes: dict[str, Any]) -> str:

@@ -73,16 +73,26 @@ def combine_stages(task: str, stage_probabilities: dict[str, np.ndarray]) -> np.
     return np.stack([lower_grade * second[:, 0], lower_grade * second[:, 1], glioblastoma], axis=1)
 
 
-def stage_rows(task: str, stage: str, probabilities: np.ndarray) -> list[dict[str, float]]:
+def stage_rows(task: str, stage: str, probabilities: np.ndarray, stage2: np.ndarray | None = None
+               ) -> list[dict[str, float]]:
     """A stage's probabilities in the task's class columns (predictions.csv stage rows).
 
-    Stage 1 puts p(glioblastoma) in its column and splits p(lower-grade) evenly over the two lower-grade classes;
-    stage 2 puts its two classes in theirs and 0 for glioblastoma. Evaluation reads stage 1 as p_glioblastoma / Σp
-    and stage 2 as p_oligodendroglioma / (p_oligodendroglioma + p_astrocytoma).
+    Stage 1 puts p(glioblastoma) in its column and p(lower-grade) in the lower-grade class stage 2 finds more likely
+    (``stage2``; split evenly without it), so that a stage-1 row's ``y_pred`` is glioblastoma exactly when stage 1
+    says so; stage 2 puts its two classes in theirs and 0 for glioblastoma. Evaluation reads stage 1 as
+    p_glioblastoma / Σp and stage 2 as p_oligodendroglioma / (p_oligodendroglioma + p_astrocytoma).
     """
     if stage == "stage1":
-        return [{"oligodendroglioma": (1 - p[0]) / 2, "astrocytoma": (1 - p[0]) / 2, "glioblastoma": float(p[0])}
-                for p in probabilities]
+        rows = []
+        for index, p in enumerate(probabilities):
+            lower = 1.0 - float(p[0])
+            if stage2 is None:
+                split = {"oligodendroglioma": lower / 2, "astrocytoma": lower / 2}
+            else:
+                likely = "oligodendroglioma" if stage2[index][0] >= stage2[index][1] else "astrocytoma"
+                split = {"oligodendroglioma": 0.0, "astrocytoma": 0.0, likely: lower}
+            rows.append({**split, "glioblastoma": float(p[0])})
+        return rows
     if stage == "stage2":
         return [{"oligodendroglioma": float(p[0]), "astrocytoma": float(p[1]), "glioblastoma": 0.0} for p in probabilities]
     return [dict(zip(TASK_CLASSES[task], map(float, p), strict=True)) for p in probabilities]

@@ -1,0 +1,79 @@
+"""The whole demo chain at a tiny scale (phantom → site LDMs → hub → centralized / federated / synthetic → evaluation
+→ report), then `bench all` on the same folder: finished stages are skipped and BENCHMARKS.md gets its sections."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ldm_fixtures import TINY_2D
+
+TINY = [*TINY_2D, "classifier.channels=[4,8]", "classifier.epochs=1", "classifier.folds=2", "classifier.batch_size=8",
+        "classifier.augment=false"]
+DEMO = ["--scale", "0.01", "--per-class", "4", "--rounds", "1", "--audit-cases", "4", "--fidelity-samples", "12",
+        *(arg for item in TINY for arg in ("--set", item))]
+
+
+def _catphish(*args):
+    return subprocess.run([sys.executable, "-c", "from catphish.cli import run; run()", "--quiet", *map(str, args)],
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "study"
+    result = _catphish("demo", "--out", out, *DEMO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_demo_runs_the_whole_chain_and_ends_with_the_report(demo):
+    out, result = demo
+    assert result.stdout.strip().splitlines()[-1] == str((out / "report.html").resolve())
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["mode"] for row in summary["modes"]] == ["centralized", "federated", "synthetic"]
+    assert all(0.0 <= row["AUC"] <= 1.0 for row in summary["modes"])
+    html = (out / "report.html").read_text()
+    for heading in ("Cohort", "Classification", "Fidelity", "Communication", "privacy audit", "Run metadata"):
+        assert heading in html
+    assert "src=\"data:image/png;base64," in html and "<script src=" not in html
+    stages = {p.stem for p in (out / "stages").glob("*.json")}
+    assert {"phantom", "site-TCGA", "synthesize", "train-federated", "report"} <= stages
+    for site in ("TCGA", "UTSW", "EGD"):
+        card = json.loads((out / "packages" / f"{site}.catphish" / "card.json").read_text())
+        assert card["audit"]["passed"] and "PATIENT" not in json.dumps(card)
+
+
+def test_bench_all_reuses_the_demo_and_writes_every_section(demo, tmp_path):
+    out, _ = demo
+    before = {p.name: p.stat().st_mtime for p in (out / "stages").glob("*.json")}
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    result = _catphish("bench", "all", "--out", out, "--benchmarks", benchmarks, "--settings", "ddpm:3,ddim:2",
+                       "--synth-per-class", 2, *DEMO[:6], *DEMO[10:])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime for p in (out / "stages").glob("*.json")} == before
+    text = benchmarks.read_text()
+    for section in ("machine", "demo", "synth", "comms"):
+        assert f"<!-- bench:{section} -->" in text
+    assert "DDPM-3" in text and "DDIM-2" in text and "site-TCGA" in text
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--scale", "-1", "--scale must be positive"), ("--rounds", "0", "--rounds must be at least 1"),
+    ("--per-class", "0", "--per-class must be at least 1"), ("--preset", "huge", "unknown preset 'huge'")])
+def test_demo_refuses_bad_options_with_one_line_and_writes_nothing(tmp_path, option, value, message):
+    result = _catphish("demo", "--out", tmp_path / "study", option, value)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_full_demo_at_its_default_size(tmp_path):
+    result = _catphish("demo", "--out", tmp_path / "study")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    centralized = next(row for row in summary["modes"] if row["mode"] == "centralized")
+    assert centralized["AUC"] > 0.7
