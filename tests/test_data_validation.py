@@ -223,3 +223,16 @@ def test_output_folder_that_cannot_be_written(dataset: Path, tmp_path: Path):
     assert isinstance(result.exception, CatphishError)
     assert "cannot create the output folder" in str(result.exception) and "a_file is a file" in str(result.exception)
     assert blocker.read_text() == "not a folder"
+
+
+def test_generic_naming_errors_name_the_subject_folder(tmp_path: Path):
+    root = tmp_path / "data"
+    write_dataset(root, "generic", sites={"siteA": 2})
+    flair = next(root.rglob("flair.nii.gz"))
+    volume = nib.load(flair).get_fdata().astype(np.float32)
+    volume[0, 0, 0] = np.nan
+    _rewrite(flair, volume)
+    prepared = _invoke("data", "prepare", str(root), "--out", str(tmp_path / "cache"), *SMALL_2D)
+    assert isinstance(prepared.exception, CatphishError), prepared.output
+    assert str(prepared.exception).startswith(f"{flair.parent.name}/flair.nii.gz: ")
+    assert "NaN" in str(prepared.exception)

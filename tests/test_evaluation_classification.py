@@ -186,6 +186,16 @@ def test_same_subject_twice_is_refused(runs):
         evaluate_runs([runs[0], runs[0]])
 
 
+def test_label_prefix_evaluates_two_runs_of_one_mode_side_by_side(runs):
+    """``LABEL=RUN``: two runs of one mode (e.g. FedAvg, FedProx) compared with the reference on the same subjects."""
+    result = evaluate_runs([runs[0], f"again={runs[0]}"], EvaluationSettings(bootstrap_resamples=50, seed=1))
+    overall = {r["mode"]: r for r in result.table("binary_metrics").rows if r["site"] == "overall"}
+    assert set(overall) == {runs[0].name, "again"}
+    assert overall["again"]["auc"] == overall[runs[0].name]["auc"]
+    paired = [r for r in result.table("paired_tests").rows if r["mode"] == "again" and r["site"] == "overall"]
+    assert paired and all(r["p_value"] == 1.0 for r in paired if str(r["test"]).startswith("McNemar"))
+
+
 def test_missing_run_and_run_without_test_rows_are_refused(tmp_path):
     with pytest.raises(InputFileError, match="does not exist"):
         evaluate_runs([tmp_path / "nowhere"])

@@ -123,6 +123,29 @@ def test_handcrafted_features_are_named_finite_and_deterministic():
         feature_extractor("inception")
 
 
+def test_user_resnet18_weights_by_path_are_an_extractor(tmp_path):
+    from monai.networks.nets import resnet18
+
+    from catphish.artifacts import save_tensors
+
+    torch.manual_seed(0)
+    network = resnet18(spatial_dims=2, n_input_channels=1, feed_forward=False, shortcut_type="A")
+    weights = save_tensors(tmp_path / "resnet18.safetensors", dict(network.state_dict()))
+    extractor = feature_extractor(str(weights))
+    assert extractor.name == "resnet18:resnet18.safetensors" and extractor.input_size == (128, 128)
+    slices = np.random.default_rng(0).random((3, 128, 128))
+    features = extractor(slices)
+    assert features.shape == (3, 512) and np.isfinite(features).all()
+    with torch.no_grad():
+        expected = network.eval()(torch.from_numpy((slices[:, None] - 0.5) / 0.5).float()).double().numpy()
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)  # the user's weights, not random ones
+    save_tensors(tmp_path / "other.safetensors", {"conv.weight": torch.zeros(3, 3)})
+    with pytest.raises(CatphishError, match="other.safetensors: these weights do not fit a 2D ResNet-18"):
+        feature_extractor(str(tmp_path / "other.safetensors"))
+    with pytest.raises(CatphishError, match="feature-network weights not found"):
+        feature_extractor(str(tmp_path / "missing.safetensors"))
+
+
 def test_a_torch_module_plugs_in_as_extractor():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 3))

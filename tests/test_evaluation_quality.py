@@ -124,8 +124,8 @@ def test_live_brisque_model_files_are_read_and_applied(tmp_path):
 LIVE_DIR = os.environ.get("CATPHISH_BRISQUE_LIVE_DIR")
 
 
-@pytest.mark.skipif(not LIVE_DIR, reason="set CATPHISH_BRISQUE_LIVE_DIR to a folder with LIVE's allmodel, allrange "
-                    "and the calibration images I03/I04/I06/I08.bmp (pyiqa 0.1.16 wheel, ResultsCalibra/dist_dir)")
+@pytest.mark.skipif(not LIVE_DIR, reason="CATPHISH_BRISQUE_LIVE_DIR unset: `make test` fetches LIVE's allmodel, allrange "
+                    "and the calibration images I03/I04/I06/I08.bmp with tests/fetch_reference_data.py")
 def test_live_model_reproduces_the_published_brisque_values():
     from skimage.io import imread
 

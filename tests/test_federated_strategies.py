@@ -87,7 +87,8 @@ def test_dp_accounting_matches_flower_and_calibrates_to_a_target_epsilon():
     ({"retries": -1}, "retries must not be negative"),
     ({"differential_privacy": "server_fixed", "noise_multiplier": 0.0}, "noise_multiplier > 0"),
     ({"secure_aggregation": True, "differential_privacy": "server_fixed"}, "cannot run with it"),
-    ({"differential_privacy": "client_opacus"}, "client_opacus is not available"),
+    ({"secure_aggregation": True, "weighting": "class_balanced"}, "secure aggregation supports"),
+    ({"secure_aggregation": True, "compression": "int8"}, "secure aggregation supports"),
 ])
 def test_impossible_federated_settings_are_refused(values, message):
     with pytest.raises(CatphishError, match=message):

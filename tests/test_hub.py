@@ -160,6 +160,20 @@ def test_filter_keeps_a_diverse_subset_and_reports_counts(packages, tmp_path):
     verify_folder(tmp_path / "kept", kind="synthetic-cohort")
 
 
+def test_filter_drops_a_case_with_an_empty_segmentation_instead_of_failing(packages, tmp_path):
+    from catphish.artifacts import write_manifest
+
+    hub.synthesize(_request(packages, tmp_path / "syn", per_class=2))
+    segmentation = sorted((tmp_path / "syn").rglob("*_seg.nii.gz"))[0]
+    image = nib.load(segmentation)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), segmentation)
+    write_manifest(tmp_path / "syn", kind="synthetic-cohort")  # as if the model had generated an empty mask
+    report = hub.filter_cohort(hub.FilterRequest(cohort=str(tmp_path / "syn"), out=str(tmp_path / "kept"),
+                                                 percentile=10, min_mask_voxels=1))
+    assert report["dropped_by_reason"].get("empty mask") == 1 and report["totals"]["before"] == 8
+    assert segmentation.parent.name not in (tmp_path / "kept" / "labels.csv").read_text()
+
+
 @pytest.mark.parametrize("percentile", [0, 100, -5])
 def test_filter_percentile_outside_open_interval_is_refused(tmp_path, percentile):
     with pytest.raises(CatphishError, match="percentile must be in"):

@@ -97,6 +97,7 @@ def test_cohort_follows_brats_naming_and_labels(cohort: Path) -> None:
     assert list(rows[0]) == ["subject_id", "site", "idh", "tumor_type", "split"]
     plans = plan_cohort(0.005, SEED, TINY_SITES.split(","))
     assert [r["subject_id"] for r in rows] == [p.subject_id for p in plans]
+    assert {r["split"] for r in rows} == {""}  # site roles depend on the task (NYU: tumour-type training, IDH test)
     for plan in plans:
         for path in subject_files(cohort, plan):
             assert path.is_file(), path

@@ -173,6 +173,19 @@ def test_sample_writes_cases_readable_as_a_dataset(package, tmp_path):
     assert len(dataset.subjects) == 5 and not dataset.problems
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--class", "glioblastoma", "--n", "1"], "class 'glioblastoma' is not in this site package"),
+    (["--class", "all", "--n", "0"], "--n must be at least 1"),
+    (["--class", "all", "--n", "1", "--sampler", "euler"], "unknown sampler 'euler'"),
+    (["--class", "all", "--n", "1", "--steps", "5000"], "--steps must be between 1 and 1000"),
+    (["--class", "all", "--n", "1", "--guidance", "-1"], "--guidance must be at least 0")])
+def test_sample_refuses_bad_requests_before_writing_anything(package, tmp_path, arguments, message):
+    out = tmp_path / "synthetic"
+    result = _invoke("site", "sample", str(package), *arguments, "--out", str(out))
+    assert isinstance(result.exception, CatphishError) and message in str(result.exception)
+    assert not out.exists()
+
+
 def test_sample_cases_is_reproducible_for_a_seed(package):
     loaded = load_site_package(package, device="cpu")
     first = sample_cases(loaded, "wildtype", 2, "ddpm", 3, 1.5, seed=7, batch_size=2, show_progress=False)

@@ -163,7 +163,8 @@ class FederatedConfig:
     min_clients: int = 2
     dropout_probability: float = 0.0
     retries: int = 2
-    differential_privacy: Literal["none", "server_fixed", "client_opacus"] = "none"
+    differential_privacy: Literal["none", "server_fixed"] = "none"
+    """``server_fixed``: Flower's central DP with fixed clipping and the RDP accountant (client-level ε, δ)."""
     noise_multiplier: float = 0.5
     clipping_norm: float = 1.0
     dp_delta: float = 1e-5
@@ -195,7 +196,8 @@ class EvaluationConfig:
     confidence: float = 0.95
     fid_samples: int = 300
     feature_extractor: str = "handcrafted"
-    """FID/KID feature extractor for 2D slices: ``handcrafted`` (scikit-image texture features, no download)."""
+    """FID/KID feature extractor for 2D slices: ``handcrafted`` (scikit-image texture features, no download) or a
+    ``.safetensors`` file of user-supplied ResNet-18 weights."""
     audit_features: str = "autoencoder"
     """Feature space of the site audit and privacy screen: ``autoencoder``, ``radiomics`` or a ResNet-18 weights file."""
 

@@ -19,10 +19,20 @@ class InputFileError(CatphishError):
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{Path(path).name}: {problem}" if path else problem)
+        super().__init__(f"{display_name(path)}: {problem}" if path else problem)
 
     def as_record(self) -> dict[str, str]:
         return {"file": self.path, "problem": self.problem}
+
+
+def display_name(path: str | Path) -> str:
+    """The file name, with its subject folder when the name alone does not say whose image it is (generic naming:
+    ``sub-07/flair.nii.gz``; BraTS names such as ``TCGA-0001_t1.nii.gz`` already carry the subject id)."""
+    path = Path(path)
+    is_nifti = path.name.endswith((".nii", ".nii.gz"))
+    if is_nifti and path.parent.name and path.parent.name not in path.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
 
 
 class ConfigError(CatphishError):

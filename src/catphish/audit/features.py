@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catphish.artifacts import load_tensors
 from catphish.errors import CatphishError
+from catphish.evaluation.features import resnet18_from_weights
 
 Embed = Callable[[np.ndarray], np.ndarray]
 
@@ -42,7 +42,7 @@ def feature_space(spec: str, package: object, device: torch.device, batch_size: 
                             lambda images: np.nan_to_num(np.stack([tumour_features(c) for c in images])))
     path = Path(spec)
     if path.suffix == ".safetensors":
-        network = _resnet_from_weights(path, package.config.data.spatial_dims).to(device).eval()  # type: ignore[attr-defined]
+        network = resnet18_from_weights(path, package.config.data.spatial_dims).to(device).eval()  # type: ignore[attr-defined]
         return FeatureSpace(f"resnet18:{path.name}", f"user-supplied ResNet-18 weights {path.name}, GAP features "
                             "per sequence", lambda images: _network_features(network, images, device, batch_size))
     raise CatphishError(f"unknown feature space '{spec}' (choose autoencoder, radiomics, or a .safetensors file of "
@@ -56,20 +56,6 @@ def _latents(package: object, images: np.ndarray, device: torch.device, batch_si
     autoencoder = package.autoencoder.to(device)  # type: ignore[attr-defined]
     means, _ = encode_latents(autoencoder, np.ascontiguousarray(images, dtype=np.float32), device, batch_size)
     return means.flatten(1).double().numpy()
-
-
-def _resnet_from_weights(path: Path, spatial_dims: int) -> torch.nn.Module:
-    from monai.networks.nets import resnet18
-
-    if not path.is_file():
-        raise CatphishError(f"{path}: feature-network weights not found")
-    network = resnet18(spatial_dims=spatial_dims, n_input_channels=1, feed_forward=False, shortcut_type="A")
-    state = {k.removeprefix("module."): v for k, v in load_tensors(path).items()}
-    result = network.load_state_dict(state, strict=False)
-    if len(result.missing_keys) > len(network.state_dict()) // 2:
-        raise CatphishError(f"{path.name}: these weights do not fit a ResNet-18 ({len(result.missing_keys)} of "
-                            f"{len(network.state_dict())} tensors missing)")
-    return network
 
 
 @torch.no_grad()

@@ -118,8 +118,8 @@ def register(app: typer.Typer) -> None:
 def _counts_table(counts: dict[str, dict[str, int]], splits: dict[str, str]) -> Table:
     """Subjects per site and class; '–' where a site has no tumour-type labels (UPenn)."""
     table = Table(title="phantom consortium", show_edge=False)
-    for column in ("site", "split", "subjects", "IDH-mut", "IDH-wt", "oligo", "astro", "GBM"):
-        table.add_column(column, justify="left" if column in ("site", "split") else "right")
+    for column in ("site", "IDH role", "subjects", "IDH-mut", "IDH-wt", "oligo", "astro", "GBM"):
+        table.add_column(column, justify="left" if column in ("site", "IDH role") else "right")
     for site, site_counts in counts.items():
         typed = any(site_counts.get(t, 0) for t in ("oligodendroglioma", "astrocytoma", "glioblastoma"))
         types = [str(site_counts.get(t, 0)) if typed else "–" for t in ("oligodendroglioma", "astrocytoma", "glioblastoma")]

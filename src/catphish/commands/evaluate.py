@@ -25,7 +25,8 @@ _DEFAULTS = EvaluationConfig()
 def register(root: typer.Typer) -> None:
     @root.command(name="evaluate")
     def evaluate(
-        runs: list[Path] = typer.Argument(..., help="Run folders holding predictions.csv, or the csv files."),
+        runs: list[str] = typer.Argument(..., help="Run folders holding predictions.csv, or the csv files; LABEL=RUN "
+                                         "evaluates a run's rows as mode LABEL (e.g. fedprox=runs/fl-prox)."),
         out: Path = typer.Option(..., "--out", help="Folder for the tables (CSV + JSON), figures.json and run.json."),
         reference: str = typer.Option(_DEFAULTS.reference_mode, "--reference",
                                       help="Mode every other mode is compared with on the same subjects."),
@@ -61,8 +62,9 @@ def register(root: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Folder for the tables (CSV + JSON), figures.json and run.json."),
         samples: int | None = typer.Option(None, "--samples", help="Slices drawn per site and source (default: "
                                            f"evaluation.fid_samples, {_DEFAULTS.fid_samples})."),
-        features: str | None = typer.Option(None, "--features", help="Feature extractor for FID/KID/precision-recall "
-                                            "(default: evaluation.feature_extractor, handcrafted)."),
+        features: str | None = typer.Option(None, "--features", help="Feature extractor for FID/KID/precision-recall: "
+                                            "handcrafted, or a .safetensors file of ResNet-18 weights (default: "
+                                            "evaluation.feature_extractor, handcrafted)."),
         brisque_model: Path | None = typer.Option(None, "--brisque-model", help="Folder with LIVE's BRISQUE allmodel "
                                                   "and allrange (default: the shipped OpenCV LIVE model)."),
         no_quality: bool = typer.Option(False, "--no-quality", help="Skip BRISQUE and PIQE."),
@@ -80,14 +82,14 @@ def register(root: typer.Typer) -> None:
         from catphish.evaluation import quality
         from catphish.evaluation.features import feature_extractor
         from catphish.evaluation.synthetic_cohort import FidelitySettings, evaluate_synthetic_cohort, load_cohort_slices
-        from catphish.runtime import log, settings
+        from catphish.runtime import log, resolve_device, settings
 
         study = load_config(config, preset, overrides)
         samples = study.evaluation.fid_samples if samples is None else samples
         if samples < 4:
             raise CatphishError(f"--samples must be at least 4, got {samples}")
         _check_output_folder(out)
-        extractor = feature_extractor(features or study.evaluation.feature_extractor)
+        extractor = feature_extractor(features or study.evaluation.feature_extractor, resolve_device())
         model = None if no_quality else quality.load_brisque_model(brisque_model)
         options = FidelitySettings(samples=samples, seed=settings.seed if seed is None else seed, quality=not no_quality)
         with _cache_folder(cache) as cache_dir:

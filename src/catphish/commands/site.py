@@ -102,17 +102,26 @@ def sample(
     guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale (1 = none)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Cases per batch."),
 ) -> None:
-    """Generate cases of a class and write them in the data contract, readable like real data."""
+    """Generate cases of a class and write them in the data contract, readable like real data (a folder that already
+    holds generated cases gets more, numbered after the last)."""
     from catphish.modes.site_package import load_site_package
-    from catphish.synthesis.sampling import sample_cases, write_cases_as_nifti
+    from catphish.synthesis.sampling import check_sampler_settings, sample_cases, write_cases_as_nifti
 
     device = resolve_device()
     loaded = load_site_package(package, device=device)
     classes = list(loaded.class_names) if class_name == "all" else [class_name]
+    unknown = [name for name in classes if name not in loaded.class_names]
+    if unknown:
+        raise CatphishError(f"class '{unknown[0]}' is not in this site package (classes: "
+                            f"{', '.join(loaded.class_names)}, or all)")
+    if n < 1:
+        raise CatphishError(f"--n must be at least 1, got {n}")
     synthesis = loaded.config.synthesis
     used = {"sampler": sampler or synthesis.sampler, "steps": steps or synthesis.steps,
             "guidance": synthesis.guidance if guidance is None else guidance}
-    with run_record(out, "site sample", loaded.config.to_dict(), settings.seed, inputs=[package / "manifest.json"]) as rec:
+    check_sampler_settings(used["sampler"], used["steps"], used["guidance"], loaded.config.diffusion.train_timesteps)
+    with run_record(out, "site sample", loaded.config.to_dict(), settings.seed,
+                    inputs=[package / "manifest.json"]) as rec:
         written: dict[str, list[str]] = {}
         for offset, name in enumerate(classes):
             cases = sample_cases(loaded, name, n, used["sampler"], used["steps"], used["guidance"],

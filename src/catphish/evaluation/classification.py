@@ -17,6 +17,7 @@ Conventions (also written into every output's notes):
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -105,9 +106,19 @@ class ClassificationEvaluation:
 
 
 # -------------------------------------------------------------------------------------------------- reading
+def split_label(run: str | Path) -> tuple[str | None, Path]:
+    """``LABEL=RUN`` → (label, run): the run's rows are evaluated as mode LABEL (to compare several runs of one mode,
+    e.g. FedAvg and FedProx); a plain ``RUN`` keeps the modes written in its predictions."""
+    text = str(run)
+    label, separator, path = text.partition("=")
+    if separator and label and "/" not in label and not Path(text).exists():
+        return label, Path(path)
+    return None, Path(text)
+
+
 def predictions_path(run: str | Path) -> Path:
-    """A run folder's ``predictions.csv``, or the csv file itself."""
-    run = Path(run)
+    """A run folder's ``predictions.csv``, or the csv file itself (``LABEL=`` prefixes are allowed)."""
+    run = split_label(run)[1]
     if run.is_dir():
         run = run / "predictions.csv"
     if not run.is_file():
@@ -120,8 +131,10 @@ def load_test_predictions(runs: Sequence[str | Path]) -> list[tuple[Path, Predic
     rows: list[tuple[Path, Prediction]] = []
     seen: dict[tuple[str, ...], Path] = {}
     for run in runs:
-        path = predictions_path(run)
+        label, path = split_label(run)[0], predictions_path(run)
         ensemble = [p for p in read_predictions(path) if p.fold == ENSEMBLE_FOLD]
+        if label is not None:
+            ensemble = [dataclasses.replace(p, mode=label) for p in ensemble]
         if not ensemble:
             raise InputFileError(path, f"no test predictions (rows with fold = {ENSEMBLE_FOLD})")
         for prediction in ensemble:

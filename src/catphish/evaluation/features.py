@@ -12,11 +12,16 @@ sequence, brain-cropped and min–max scaled by :func:`catphish.evaluation.quali
 - :class:`HandcraftedSliceFeatures` (``handcrafted``, the default): needs no weights; see its docstring for the list.
 - :class:`TorchModuleFeatures`: wraps any ``torch.nn.Module`` (e.g. an encoder a user trained or loaded from
   weights), global-average-pooling its output.
+
+From the command line (``--features`` / ``evaluation.feature_extractor``) a path to a ``.safetensors`` file selects a
+MONAI ResNet-18 (2D, one input channel, MedicalNet layout ``conv1``, ``layer1``…``layer4``) with the user's weights:
+512 global-average-pooled features per slice resized to 128 × 128 and scaled to [−1, 1].
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -25,6 +30,7 @@ from scipy import ndimage
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 from skimage.transform import resize
 
+from catphish.artifacts import load_tensors
 from catphish.errors import CatphishError
 
 
@@ -166,13 +172,37 @@ ExtractorFactory = Callable[[], SliceFeatureExtractor]
 EXTRACTORS: dict[str, ExtractorFactory] = {"handcrafted": HandcraftedSliceFeatures}
 
 
-def feature_extractor(spec: str) -> SliceFeatureExtractor:
-    """The extractor named ``spec`` (``handcrafted``); user-supplied weights plug in through :class:`TorchModuleFeatures`
-    from Python (loading weights by path from the command line is not supported yet)."""
+def feature_extractor(spec: str, device: str | torch.device = "cpu") -> SliceFeatureExtractor:
+    """The extractor named ``spec`` (``handcrafted``), or a ResNet-18 with the user's weights from a ``.safetensors``
+    path; any other network plugs in from Python through :class:`TorchModuleFeatures`."""
     if spec in EXTRACTORS:
         return EXTRACTORS[spec]()
-    raise CatphishError(f"unknown feature extractor '{spec}' (choose from {', '.join(EXTRACTORS)}; networks with "
-                        "user-supplied weights plug in through catphish.evaluation.features.TorchModuleFeatures)")
+    path = Path(spec)
+    if path.suffix == ".safetensors":
+        network = resnet18_from_weights(path, spatial_dims=2)
+        return TorchModuleFeatures(network, name=f"resnet18:{path.name}", input_size=(128, 128), mean=0.5, std=0.5,
+                                   device=device, description=f"MONAI ResNet-18 (2D, 1 channel) with user-supplied "
+                                   f"weights {path.name}: 512 global-average-pooled features per 128x128 slice in "
+                                   "[-1, 1]")
+    raise CatphishError(f"unknown feature extractor '{spec}' (choose from {', '.join(EXTRACTORS)}, or give a "
+                        ".safetensors file of ResNet-18 weights)")
+
+
+def resnet18_from_weights(path: Path, spatial_dims: int) -> torch.nn.Module:
+    """A MONAI ResNet-18 feature network (one input channel, no classifier head) with the user's weights."""
+    from monai.networks.nets import resnet18
+
+    if not path.is_file():
+        raise CatphishError(f"{path}: feature-network weights not found")
+    network = resnet18(spatial_dims=spatial_dims, n_input_channels=1, feed_forward=False, shortcut_type="A")
+    state = {k.removeprefix("module."): v for k, v in load_tensors(path).items()}
+    expected = network.state_dict()
+    fitting = {k: v for k, v in state.items() if k in expected and expected[k].shape == v.shape}
+    if len(fitting) < len(expected) // 2:
+        raise CatphishError(f"{path.name}: these weights do not fit a {spatial_dims}D ResNet-18 ({len(fitting)} of "
+                            f"{len(expected)} tensors match by name and shape)")
+    network.load_state_dict(fitting, strict=False)
+    return network.eval()
 
 
 def resize_slice(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -126,8 +126,6 @@ def train_stage_secure(grid: ByteCountingGrid, setup: Any, stage: Any, roster: d
     from catphish.federated import server_app as plain
 
     federated = setup.federated_config
-    if federated.weighting == "class_balanced" or federated.compression != "none":
-        raise CatphishError("secure aggregation supports federated.weighting=samples|uniform and no compression")
     if context is None:
         raise CatphishError("secure aggregation needs the ServerApp's context (legacy workflow)")
     stage_grid = plain.NodeSubset(grid, set(roster))

@@ -184,12 +184,11 @@ def check_federated_config(federated: FederatedConfig, num_clients: int) -> None
         raise CatphishError(f"federated.retries must not be negative, got {federated.retries}")
     if federated.proximal_mu < 0:
         raise CatphishError(f"federated.proximal_mu must not be negative, got {federated.proximal_mu}")
-    if federated.differential_privacy == "client_opacus":
-        raise CatphishError("federated.differential_privacy=client_opacus is not available: DP-SGD needs Opacus to wrap "
-                            "the optimizer, which the classifier's train_epochs creates itself; use server_fixed "
-                            "(client-level central DP with the RDP accountant)")
     if federated.differential_privacy != "none" and (federated.noise_multiplier <= 0 or federated.clipping_norm <= 0):
         raise CatphishError("differential privacy needs federated.noise_multiplier > 0 and federated.clipping_norm > 0")
     if federated.secure_aggregation and federated.differential_privacy == "server_fixed":
         raise CatphishError("secure aggregation hides individual updates, so server-side DP clipping cannot run with it; "
-                            "use federated.differential_privacy=client_opacus or none")
+                            "use federated.differential_privacy=none with secure aggregation")
+    if federated.secure_aggregation and (federated.weighting == "class_balanced" or federated.compression != "none"):
+        raise CatphishError("secure aggregation supports federated.weighting=samples|uniform and no compression "
+                            f"(got weighting={federated.weighting}, compression={federated.compression})")

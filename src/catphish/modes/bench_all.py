@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
-from catphish.artifacts import read_json
 from catphish.modes.demo import TRAINING_SITES, Demo, DemoOptions
 from catphish.modes.synthesis_benchmark import SamplerSetting, run_synth_benchmark
-from catphish.reporting.benchmarks import machine_line, markdown_table, update_section
+from catphish.reporting.benchmarks import machine_line, markdown_table, stage_timeline, update_section
 
 
 @dataclass
@@ -43,10 +42,10 @@ def run_bench_all(options: BenchAllOptions, seed: int, device: torch.device, sho
 
 def demo_markdown(demo: Demo, summary: dict[str, Any]) -> str:
     """Wall time and peak RSS per stage (from the stage records, which survive a resumed demo), and the results."""
-    records = [read_json(path) for path in sorted(demo.path("stages").glob("*.json"), key=lambda p: p.stat().st_mtime)]
+    records = demo.stage_records()
     stages = markdown_table(["stage", "wall s", "peak RSS MiB"],
                             [[r["stage"], round(r["seconds"], 1), round(r["peak_rss_mb"])] for r in records])
-    total = sum(r["seconds"] for r in records)
+    timeline = stage_timeline(records)
     modes = markdown_table(["mode", "IDH AUC (pooled test sites)", "accuracy", "McNemar vs centralized"],
                            [[m["mode"], m["AUC"], m["ACC"], m["McNemar vs centralized"]] for m in summary["modes"]])
     options = demo.options
@@ -57,8 +56,9 @@ def demo_markdown(demo: Demo, summary: dict[str, Any]) -> str:
         f"{options.per_class} synthetic cases per class per site, {options.rounds} FedAvg rounds); "
         f"machine: {machine_line()}.",
         "",
-        f"Total wall time **{total / 60:.1f} min**; peak RSS of any stage **{max(r['peak_rss_mb'] for r in records):.0f} "
-        "MiB** (each stage is a separate `catphish` process).",
+        f"Total wall time **{timeline.wall_seconds / 60:.1f} min** (the three site models train at the same time, one "
+        f"thread each, and count once); peak memory **{timeline.peak_rss_mb:.0f} MiB** (largest sum of the peak RSS of "
+        "stages running at the same time; each stage is a separate `catphish` process).",
         "",
         stages,
         "",

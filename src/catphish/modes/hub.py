@@ -26,6 +26,7 @@ import torch
 from catphish.artifacts import (
     load_state,
     open_output_dir,
+    read_json,
     run_record,
     save_state,
     sha256_file,
@@ -36,6 +37,7 @@ from catphish.artifacts import (
 from catphish.data.writing import LABELS_NAME, write_case, write_label_rows
 from catphish.errors import ArtifactError, CatphishError
 from catphish.runtime import log, progress_bar
+from catphish.synthesis.sampling import check_sampler_settings
 
 COHORT_KIND = "synthetic-cohort"
 BATCHES_DIR = ".batches"
@@ -120,6 +122,7 @@ def plan_batches(infos: list[PackageInfo], request: SynthesisRequest, classes: l
     """Every batch of the cohort, in a fixed order, each with a seed that does not depend on scheduling."""
     if request.per_class <= 0:
         raise CatphishError(f"--per-class must be at least 1, got {request.per_class}")
+    check_sampler_settings(request.sampler, request.steps, request.guidance)
     if request.batch_size <= 0:
         raise CatphishError(f"batch size must be at least 1, got {request.batch_size}")
     jobs = []
@@ -218,7 +221,7 @@ def synthesize(request: SynthesisRequest, config_dict: dict[str, Any] | None = N
                               what="synthetic cohort")
     if resumed and (out / "manifest.json").exists():
         log.info("%s: synthesis already finished; nothing to do", out)
-        return json.loads((out / "synthesis.json").read_text())
+        return read_json(out / "synthesis.json")
     with run_record(out, "hub synthesize", config_dict, request.seed, inputs=[i.path for i in infos]) as record:
         todo = [job for job in jobs if not _batch_done(out / job.relative_path)]
         if resumed:
@@ -299,8 +302,8 @@ class FilterRequest:
 
 def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
     """Quality gate + diversity filter; writes the kept cases as a new dataset with the filter report."""
-    from catphish.data.loading import discover_dataset, load_subject_volumes
-    from catphish.synthesis.diversity import DiversityFilter, quality_problem
+    from catphish.data.loading import discover_dataset
+    from catphish.synthesis.diversity import DiversityFilter
     from catphish.synthesis.radiomics import tumour_features
 
     if not 0.0 < request.percentile < 100.0:
@@ -325,13 +328,10 @@ def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
         with progress_bar() as progress:
             task = progress.add_task("radiomics", total=len(dataset.subjects), status="")
             for subject in dataset.subjects:
-                volumes = load_subject_volumes(subject)
-                case = np.stack([volumes["t1"], volumes["t1c"], volumes["t2"], volumes["flair"],
-                                 volumes["mask"].astype(np.float32)])
-                reason = quality_problem(case, min_mask_voxels=request.min_mask_voxels)
+                case, reason = _gate_case(subject, request.min_mask_voxels)
                 decisions.append({"subject_id": subject.subject_id, "site": subject.site,
                                   "class": _class_of(subject), "kept": reason is None, "reason": reason or ""})
-                if reason is None:
+                if case is not None and reason is None:
                     features.append(tumour_features(case))
                     names.append(len(decisions) - 1)
                 progress.advance(task)
@@ -349,6 +349,21 @@ def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
         record.add(report=report["totals"])
     write_manifest(out, kind=COHORT_KIND)
     return report
+
+
+def _gate_case(subject: Any, min_mask_voxels: int) -> tuple[np.ndarray | None, str | None]:
+    """A generated case ``(5, *grid)`` and why the quality gate drops it (``None``: it passes). A case the loader
+    refuses (an empty segmentation, NaN voxels, …) is dropped with the loader's reason instead of stopping the filter."""
+    from catphish.data.loading import load_subject_volumes
+    from catphish.errors import InputFileError
+    from catphish.synthesis.diversity import quality_problem
+
+    try:
+        volumes = load_subject_volumes(subject)
+    except InputFileError as error:
+        return None, "empty mask" if "empty" in error.problem else f"unreadable ({error.problem})"
+    case = np.stack([volumes["t1"], volumes["t1c"], volumes["t2"], volumes["flair"], volumes["mask"].astype(np.float32)])
+    return case, quality_problem(case, min_mask_voxels=min_mask_voxels)
 
 
 def _class_of(subject: Any) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,3 +78,22 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    wall_seconds: float
+    """Time during which at least one stage ran (parallel site models count once; resumed runs add up)."""
+    peak_rss_mb: float
+    """Largest sum of peak RSS over stages that ran at the same time (an upper bound of the study's memory)."""
+
+
+def stage_timeline(records: Sequence[dict[str, Any]]) -> Timeline:
+    """Wall time and concurrent peak memory of stage records holding ``started``/``ended`` epoch seconds."""
+    intervals = sorted((float(r["started"]), float(r["ended"]), float(r["peak_rss_mb"])) for r in records)
+    wall, covered_until = 0.0, float("-inf")
+    for start, end, _ in intervals:
+        wall += max(0.0, end - max(start, covered_until))
+        covered_until = max(covered_until, end)
+    peak = max((sum(rss for s, e, rss in intervals if s <= start < e) for start, _, _ in intervals), default=0.0)
+    return Timeline(wall, peak)

@@ -27,6 +27,7 @@ from catphish import __version__
 from catphish.artifacts import atomic_write_text, read_json
 from catphish.config import TASK_CLASSES
 from catphish.errors import CatphishError
+from catphish.reporting.benchmarks import stage_timeline
 from catphish.reporting.html import Page
 
 MODE_EXPLANATION = {
@@ -130,8 +131,17 @@ def _overview(page: Page, tables: dict[str, dict[str, Any]], inputs: ReportInput
         section.heading("Wall time per stage")
         section.table([{"stage": k, "seconds": round(v["seconds"], 1), "peak RSS MiB": round(v["peak_rss_mb"])}
                        for k, v in inputs.stage_times.items()]
-                      + [{"stage": "total", "seconds": round(sum(v["seconds"] for v in inputs.stage_times.values()), 1),
-                          "peak RSS MiB": round(max(v["peak_rss_mb"] for v in inputs.stage_times.values()))}])
+                      + [_stage_total(list(inputs.stage_times.values()))])
+        section.text("Total: time during which any stage ran (the site models train at the same time and count once) "
+                     "and the largest sum of peak RSS over stages running at the same time.")
+
+
+def _stage_total(records: list[dict[str, Any]]) -> dict[str, Any]:
+    if all("started" in r and "ended" in r for r in records):
+        timeline = stage_timeline(records)
+        return {"stage": "total", "seconds": round(timeline.wall_seconds, 1), "peak RSS MiB": round(timeline.peak_rss_mb)}
+    return {"stage": "total (sum)", "seconds": round(sum(r["seconds"] for r in records), 1),
+            "peak RSS MiB": round(max(r["peak_rss_mb"] for r in records))}
 
 
 def _ci(row: dict[str, Any]) -> str:

@@ -41,16 +41,22 @@ def guided_noise(model: ClassConditionedUNet, latents: torch.Tensor, timestep: i
     return unconditional + guidance * (conditional - unconditional)
 
 
+def check_sampler_settings(sampler: str, steps: int, guidance: float, train_steps: int = 1000) -> None:
+    """Refuse impossible sampler settings before anything is written (the same rules :func:`generate` applies)."""
+    if sampler not in SAMPLERS:
+        raise CatphishError(f"unknown sampler '{sampler}' (choose {' or '.join(SAMPLERS)})")
+    if not 1 <= steps <= train_steps:
+        raise CatphishError(f"--steps must be between 1 and {train_steps} (the training schedule), got {steps}")
+    if not guidance >= 0:
+        raise CatphishError(f"--guidance must be at least 0 (1 = no guidance), got {guidance}")
+
+
 @torch.no_grad()
 def generate(package: SitePackage, labels: Sequence[int], *, sampler: str = "ddim", steps: int = 25,
              guidance: float = 2.0, seed: int = 0, batch_size: int = 16, device: torch.device | None = None,
              show_progress: bool = True, description: str = "sampling") -> np.ndarray:
     """Decoded samples for class indices ``labels``: float32 ``(n, 5, *grid)``, mask channel as a probability."""
-    if sampler not in SAMPLERS:
-        raise CatphishError(f"unknown sampler '{sampler}' (choose {' or '.join(SAMPLERS)})")
-    train_steps = package.config.diffusion.train_timesteps
-    if not 1 <= steps <= train_steps:
-        raise CatphishError(f"--steps must be between 1 and {train_steps} (the training schedule), got {steps}")
+    check_sampler_settings(sampler, steps, guidance, package.config.diffusion.train_timesteps)
     if batch_size < 1:
         raise CatphishError(f"batch size must be at least 1, got {batch_size}")
     device = device or next(package.diffusion.parameters()).device

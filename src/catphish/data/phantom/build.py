@@ -67,11 +67,13 @@ def write_subject(subject: PhantomSubject, out_dir: Path) -> int:
 
 
 def write_labels(out_dir: Path, plans: list[SubjectPlan]) -> Path:
+    """``labels.csv`` with an empty ``split``: a site's role depends on the task (NYU trains tumour type but tests
+    IDH), so roles come from the task's default site roles, not from a per-subject column."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(LABEL_COLUMNS)
     for plan in plans:
-        writer.writerow([plan.subject_id, plan.site, plan.idh, plan.tumor_type, plan.split])
+        writer.writerow([plan.subject_id, plan.site, plan.idh, plan.tumor_type, ""])
     return atomic_write_text(out_dir / "labels.csv", buffer.getvalue())
 
 
