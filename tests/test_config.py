@@ -83,3 +83,9 @@ def test_cross_field_checks():
         load_config(overrides=["synthesis.filter_percentile=100"])
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(preset="huge")
+
+
+def test_exponent_notation_without_a_dot_is_a_number():
+    assert load_config(overrides=["autoencoder.lr=1e-3"]).autoencoder.lr == 0.001  # YAML 1.1 reads it as text
+    with pytest.raises(ConfigError, match="'autoencoder.lr' must be a number"):
+        load_config(overrides=["autoencoder.lr=fast"])

@@ -48,15 +48,18 @@ def test_demo_runs_the_whole_chain_and_ends_with_the_report(demo):
 def test_bench_all_reuses_the_demo_and_writes_every_section(demo, tmp_path):
     out, _ = demo
     before = {p.name: p.stat().st_mtime for p in (out / "stages").glob("*.json")}
-    benchmarks = tmp_path / "BENCHMARKS.md"
-    result = _catphish("bench", "all", "--out", out, "--benchmarks", benchmarks, "--settings", "ddpm:3,ddim:2",
-                       "--synth-per-class", 2, *DEMO[:6], *DEMO[10:])
+    benchmarks, readme = tmp_path / "BENCHMARKS.md", tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench:results -->\nold\n<!-- /bench:results -->\n\n## Later\n")
+    result = _catphish("bench", "all", "--out", out, "--benchmarks", benchmarks, "--readme", readme,
+                       "--settings", "ddpm:3,ddim:2", "--synth-per-class", 2, *DEMO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert {p.name: p.stat().st_mtime for p in (out / "stages").glob("*.json")} == before
     text = benchmarks.read_text()
     for section in ("machine", "demo", "synth", "comms"):
         assert f"<!-- bench:{section} -->" in text
     assert "DDPM-3" in text and "DDIM-2" in text and "site-TCGA" in text
+    results = readme.read_text()
+    assert "old" not in results and "| centralized |" in results and results.rstrip().endswith("## Later")
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [

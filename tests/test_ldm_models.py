@@ -119,6 +119,31 @@ def test_samplers_cover_full_ddpm_respaced_ddpm_and_ddim():
         sampling_scheduler(config, "ddim", 0)
 
 
+def test_clip_bounds_the_predicted_clean_latent_of_a_step():
+    config = tiny_config().diffusion
+    sample, wild = torch.zeros(1, 2, 4, 4), torch.full((1, 2, 4, 4), -50.0)  # an ε far off at large t
+    free, _ = sampling_scheduler(config, "ddim", 10)
+    clipped, _ = sampling_scheduler(config, "ddim", 10, clip=3.0)
+    t = int(free.timesteps[0])
+    _, x0_free = free.step(wild, t, sample)
+    _, x0_clipped = clipped.step(wild, t, sample)
+    assert x0_free.abs().max() > 100 and x0_clipped.abs().max() == pytest.approx(3.0)
+
+
+def test_latent_normalisation_standardises_each_channel_and_round_trips():
+    from catphish.models.autoencoder import LatentNormalisation
+
+    latents = torch.randn(20, 3, 4, 4) * torch.tensor([0.1, 1.0, 3.0]).reshape(1, 3, 1, 1) \
+        + torch.tensor([2.0, -1.0, 0.0]).reshape(1, 3, 1, 1)
+    norm = LatentNormalisation.fit(latents)
+    z = norm.normalise(latents)
+    assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(z.std((0, 2, 3)), torch.ones(3), atol=1e-5)
+    assert torch.allclose(norm.denormalise(z), latents, atol=1e-5)
+    assert norm.clip == pytest.approx(1.5 * float(z.abs().max()), rel=1e-5)
+    assert LatentNormalisation.from_tensor(norm.to_tensor()).clip == pytest.approx(norm.clip)
+
+
 def test_predicted_original_inverts_the_forward_noising():
     scheduler = training_scheduler(tiny_config().diffusion)
     x0, noise = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)

@@ -104,7 +104,9 @@ def test_three_dimensional_site_model_trains_and_reports_reconstruction(tmp_path
     model = _train(tmp_path, config, subjects=tiny_subjects(spatial_dims=3))
     quality = model.reconstruction
     assert set(quality["psnr_db"]) == {"t1", "t1c", "t2", "flair"} and 0 <= quality["mask_dice"] <= 1
-    assert model.scale_factor > 0
+    norm = model.latent_normalisation
+    assert len(norm.shift) == len(norm.scale) == config.autoencoder.latent_channels
+    assert min(norm.scale) > 0 and norm.clip > 0
 
 
 def test_out_of_gpu_memory_is_a_clear_error(tmp_path, monkeypatch):

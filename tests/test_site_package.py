@@ -54,11 +54,11 @@ def test_train_writes_a_complete_package_without_subject_data(package, cohort_di
                      "run.json"]
     assert not package.with_name(package.name + ".partial").exists()
     card = json.loads((package / "card.json").read_text())
-    assert card["site"] == "alpha" and card["task"] == "idh" and card["format_version"] == 1
+    assert card["site"] == "alpha" and card["task"] == "idh" and card["format_version"] == 2
     assert [(c["name"], c["training_subjects"], c["holdout_subjects"]) for c in card["classes"]] == [
         ("mutant", 3, 1), ("wildtype", 3, 1)]
     assert set(card["training"]) == {"autoencoder", "diffusion"}
-    assert card["training"]["diffusion"]["steps"] == 2 and card["scale_factor"] > 0
+    assert card["training"]["diffusion"]["steps"] == 2 and min(card["latent_normalisation"]["scale"]) > 0
     assert set(card["reconstruction_quality"]["ssim"]) == {"t1", "t1c", "t2", "flair"}
     assert card["perceptual_loss"]["enabled"] is False and "no perceptual network" in card["perceptual_loss"]["reason"]
     assert card["differential_privacy"] is None and card["versions"]["monai"]

@@ -9,6 +9,7 @@ restores the full grid (DESIGN §1: the paper's decoder has an SR stage).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -104,3 +105,48 @@ def build_discriminator(spatial_dims: int, config: AutoencoderConfig, grid: tupl
     layers = max(1, min(config.discriminator_layers, int(math.log2(max(smallest, 2))) - 2))
     return PatchDiscriminator(spatial_dims=spatial_dims, channels=config.discriminator_channels,
                               in_channels=IMAGE_CHANNELS, num_layers_d=layers)
+
+
+@dataclass(frozen=True)
+class LatentNormalisation:
+    """Per-channel standardisation of the autoencoder's latents for the diffusion model (the LDM "scale factor",
+    per channel and with a shift): KL autoencoders trained briefly leave channels with very different means and
+    spreads, and a diffusion model learns unit-variance, zero-mean data best. ``clip`` bounds the predicted
+    clean latent while sampling (a few-step DDIM sampler otherwise amplifies the error of an ε prediction at large t)."""
+
+    shift: tuple[float, ...]
+    scale: tuple[float, ...]
+    clip: float
+
+    @classmethod
+    def fit(cls, latents: torch.Tensor, clip_margin: float = 1.5) -> LatentNormalisation:
+        """From training latents ``(N, C, *spatial)``: channel mean and 1/std; clip = margin × the largest |value|."""
+        axes = [0, *range(2, latents.ndim)]
+        shift = latents.mean(dim=axes)
+        scale = 1.0 / latents.std(dim=axes).clamp_min(1e-6)
+        normalised = (latents - _per_channel(shift, latents)) * _per_channel(scale, latents)
+        return cls(tuple(shift.tolist()), tuple(scale.tolist()), float(normalised.abs().max()) * clip_margin)
+
+    def normalise(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - _per_channel(self.shift, latents)) * _per_channel(self.scale, latents)
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        return z / _per_channel(self.scale, z) + _per_channel(self.shift, z)
+
+    def to_tensor(self) -> torch.Tensor:
+        """``(3, C)``: shift, scale and the clip value repeated (how a package stores it)."""
+        return torch.tensor([self.shift, self.scale, [self.clip] * len(self.shift)], dtype=torch.float32)
+
+    @classmethod
+    def from_tensor(cls, tensor: torch.Tensor) -> LatentNormalisation:
+        values = tensor.double()
+        return cls(tuple(values[0].tolist()), tuple(values[1].tolist()), float(values[2, 0]))
+
+    def as_dict(self) -> dict[str, object]:
+        return {"shift": [round(v, 6) for v in self.shift], "scale": [round(v, 6) for v in self.scale],
+                "clip": round(self.clip, 4)}
+
+
+def _per_channel(values: tuple[float, ...] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    vector = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    return vector.reshape(1, -1, *([1] * (like.ndim - 2)))

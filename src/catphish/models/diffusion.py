@@ -47,8 +47,10 @@ def training_scheduler(config: DiffusionConfig) -> DDPMScheduler:
                          beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)
 
 
-def sampling_scheduler(config: DiffusionConfig, sampler: str, steps: int) -> tuple[DDPMScheduler | DDIMScheduler, float]:
-    """Scheduler and DDIM ``eta`` for ``sampler`` with ``steps`` denoising steps.
+def sampling_scheduler(config: DiffusionConfig, sampler: str, steps: int, clip: float | None = None
+                       ) -> tuple[DDPMScheduler | DDIMScheduler, float]:
+    """Scheduler and DDIM ``eta`` for ``sampler`` with ``steps`` denoising steps; ``clip`` bounds the predicted clean
+    latent at every step (to the range of the normalised training latents), ``None`` leaves it free.
 
     ``ddpm`` with all training steps is MONAI's ``DDPMScheduler``. With fewer steps, MONAI's DDPM step still moves to
     ``t − 1`` (not to the previous kept timestep), so the respaced ancestral DDPM sampler is run as DDIM with
@@ -56,13 +58,13 @@ def sampling_scheduler(config: DiffusionConfig, sampler: str, steps: int) -> tup
     """
     if steps < 1 or steps > config.train_timesteps:
         raise ValueError(f"steps must be in 1..{config.train_timesteps}, got {steps}")
-    schedule = {"schedule": config.schedule, "beta_start": config.beta_start, "beta_end": config.beta_end}
+    schedule = {"schedule": config.schedule, "beta_start": config.beta_start, "beta_end": config.beta_end,
+                "clip_sample": clip is not None, "clip_sample_min": -(clip or 1.0), "clip_sample_max": clip or 1.0}
     if sampler == "ddpm" and steps == config.train_timesteps:
-        scheduler: DDPMScheduler | DDIMScheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps,
-                                                                 clip_sample=False, **schedule)
+        scheduler: DDPMScheduler | DDIMScheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, **schedule)
         eta = 0.0
     elif sampler in ("ddpm", "ddim"):
-        scheduler = DDIMScheduler(num_train_timesteps=config.train_timesteps, clip_sample=False, **schedule)
+        scheduler = DDIMScheduler(num_train_timesteps=config.train_timesteps, **schedule)
         eta = 1.0 if sampler == "ddpm" else 0.0
     else:
         raise ValueError(f"unknown sampler '{sampler}' (choose ddpm or ddim)")

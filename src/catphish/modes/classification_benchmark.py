@@ -15,7 +15,7 @@ from typing import Any
 from catphish.config import StudyConfig
 from catphish.errors import CatphishError
 from catphish.modes.classification import TrainingRequest, run_training
-from catphish.reporting.benchmarks import machine_line, markdown_table, peak_rss_mb, update_section
+from catphish.reporting.benchmarks import machine_line, markdown_table, memory_line, update_section
 
 
 def run_train_benchmark(config: StudyConfig, data_dir: Path, out_dir: Path, task: str, modes: Sequence[str],
@@ -43,7 +43,7 @@ def _section(config: StudyConfig, task: str, summaries: dict[str, Any], walls: d
     lines = [
         f"## Downstream classifier ({task}, preset `{config.preset}`)",
         "",
-        f"`{command}` — {machine_line()}; peak memory {peak_rss_mb():.0f} MiB.",
+        f"`{command}` — {machine_line()}; {memory_line()}.",
         f"Model `{classifier.model}` channels {tuple(classifier.channels)}"
         f"{' + Mamba block' if classifier.mamba else ''}, {classifier.folds}-fold CV × {classifier.epochs} epochs, "
         f"batch {classifier.batch_size}, SGD lr {classifier.lr} ({classifier.schedule}).",

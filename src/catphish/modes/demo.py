@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,10 +82,11 @@ class Demo:
                                "--resolution", str(options.phantom_resolution)])
         self.stage("prepare", ["data", "prepare", str(data), "--out", str(cache), *self.preset_args()])
         self.site_models(cache)
-        for site in TRAINING_SITES:
-            self.stage(f"verify-{site}", ["site", "verify", str(self.package(site))])
-            self.stage(f"audit-{site}", ["site", "audit", str(self.package(site)), "--data", str(cache),
-                                         "--n", str(options.audit_cases)])
+        # each site checks its own package, at the same time as the others
+        self.parallel_stages("verify", {f"verify-{site}": ["site", "verify", str(self.package(site))]
+                                        for site in TRAINING_SITES})
+        self.parallel_stages("audit", {f"audit-{site}": ["site", "audit", str(self.package(site)), "--data", str(cache),
+                                                         "--n", str(options.audit_cases)] for site in TRAINING_SITES})
         packages = [str(self.package(site)) for site in TRAINING_SITES]
         self.stage("synthesize", ["hub", "synthesize", *_repeat("--packages", packages),
                                   "--per-class", str(options.per_class), "--out", str(self.path("synthetic")),
@@ -180,10 +181,20 @@ class Demo:
     def site_models(self, cache: Path) -> None:
         """Train the sites' models at the same time, as independent sites would, one CPU thread each (small models
         use two threads poorly, so this finishes sooner than one after another); logs go to ``DIR/logs``."""
+        from catphish.config import load_config
+
         options = self.options
         stages = {f"site-{site}": ["site", "train", "--data", str(cache), "--site", site, "--task", options.task,
                                    "--out", str(self.package(site)), "--resume", *self.preset_args()]
                   for site in TRAINING_SITES}
+        config = load_config(options.config_file, options.preset, options.overrides)
+        total = config.autoencoder.steps + config.autoencoder.super_resolution_steps + config.diffusion.steps
+        self.parallel_stages("site models", stages, total, lambda name: self._steps_done(name.removeprefix("site-")))
+
+    def parallel_stages(self, label: str, stages: dict[str, list[str]], total: int = 1,
+                        steps_done: Callable[[str], int] | None = None) -> None:
+        """Run independent stages as parallel child processes (threads shared out over the CPU cores); stages that
+        finished before are skipped; one GPU runs them one after another. Logs go to ``DIR/logs``."""
         pending = {name: args for name, args in stages.items() if self.finished(name) is None}
         if len(pending) <= 1 or resolve_device().type == "cuda":  # one GPU: one site after another
             for name, args in pending.items():
@@ -192,7 +203,7 @@ class Demo:
         threads = max(1, (os.cpu_count() or 1) // len(pending))
         environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.path("logs").mkdir(parents=True, exist_ok=True)
-        console.rule(f"[bold]site models ({', '.join(pending)}) in parallel, {threads} thread(s) each")
+        console.rule(f"[bold]{label} ({', '.join(pending)}) in parallel, {threads} thread(s) each")
         running: dict[int, tuple[str, subprocess.Popen, float]] = {}
         try:
             for name, args in pending.items():
@@ -200,26 +211,25 @@ class Demo:
                     process = subprocess.Popen(_command(args, quiet=True), stdout=log_file, stderr=subprocess.STDOUT,
                                                env=environment)
                 running[process.pid] = (name, process, time.perf_counter())
-            self._wait_for_sites(running, pending)
+            self._wait_for(running, pending, total, steps_done)
         finally:
             for _, process, _ in running.values():
                 process.terminate()
                 process.wait()
 
-    def _wait_for_sites(self, running: dict[int, tuple[str, subprocess.Popen, float]],
-                        stages: dict[str, list[str]]) -> None:
-        from catphish.config import load_config
-
-        config = load_config(self.options.config_file, self.options.preset, self.options.overrides)
-        total = config.autoencoder.steps + config.autoencoder.super_resolution_steps + config.diffusion.steps
+    def _wait_for(self, running: dict[int, tuple[str, subprocess.Popen, float]], stages: dict[str, list[str]],
+                  total: int, steps_done: Callable[[str], int] | None) -> None:
         with progress_bar(transient=True) as progress:
             tasks = {name: progress.add_task(name, total=total, status="") for name, _, _ in running.values()}
             while running:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
                 if pid == 0:
                     for name, task in tasks.items():
-                        progress.update(task, completed=self._steps_done(name.removeprefix("site-")))
-                    time.sleep(1.0)
+                        if steps_done is not None:
+                            progress.update(task, completed=steps_done(name))
+                    time.sleep(0.5)
+                    continue
+                if pid not in running:  # not one of these stages (nothing else is started meanwhile)
                     continue
                 name, _, started = running.pop(pid)
                 if os.waitstatus_to_exitcode(status) != 0:

@@ -33,7 +33,7 @@ from catphish.data.prepared import PreparedSubject
 from catphish.errors import CatphishError
 from catphish.modes.classification import load_subjects
 from catphish.modes.site_package import SitePackage, TrainRequest, load_site_package, train_site_package
-from catphish.reporting.benchmarks import machine_line, markdown_table, peak_rss_mb, update_section
+from catphish.reporting.benchmarks import machine_line, markdown_table, peak_gpu_mb, peak_rss_mb, update_section
 from catphish.runtime import log
 from catphish.synthesis.radiomics import tumour_features
 from catphish.synthesis.sampling import sample_cases
@@ -170,7 +170,7 @@ def run_ldm_benchmark(data_dir: Path, site: str, task: str, config: StudyConfig,
                        for name, stage in card["training"].items()},
             "sampling": {"cases": len(cases), "seconds": round(sample_wall, 1), "sampler": config.synthesis.sampler,
                          "steps": config.synthesis.steps, "guidance": config.synthesis.guidance},
-            "peak_rss_mb": round(peak_rss_mb()),
+            "peak_rss_mb": round(peak_rss_mb()), "peak_gpu_mb": peak_gpu_mb(),
             "reconstruction_quality": card["reconstruction_quality"],
             "class_fidelity": fidelity,
             "training_subjects": {c["name"]: c["training_subjects"] for c in card["classes"]},
@@ -199,7 +199,8 @@ def _benchmark_markdown(result: dict[str, Any], out: Path, data_dir: Path) -> st
         "",
         f"One site model ({', '.join(f'{k} {v}' for k, v in result['training_subjects'].items())} training subjects): "
         f"**{result['train_wall_seconds']} s** wall (train + held-out check + preview), "
-        f"{result['train_cpu_seconds']} s CPU, peak RSS **{result['peak_rss_mb']} MiB**.",
+        f"{result['train_cpu_seconds']} s CPU, peak RSS **{result['peak_rss_mb']} MiB**"
+        + (f", peak GPU memory {result['peak_gpu_mb']:.0f} MiB." if result.get("peak_gpu_mb") else "."),
         "",
         stages,
         "",

@@ -40,15 +40,17 @@ from catphish.artifacts import (
 from catphish.config import CHANNEL_NAMES, StudyConfig, config_from_dict
 from catphish.data.prepared import PreparedSubject, load_prepared, load_prepared_dir
 from catphish.errors import ArtifactError, CatphishError, ConfigError
-from catphish.models.autoencoder import MASK_CHANNEL, SiteAutoencoder, latent_shape
+from catphish.models.autoencoder import MASK_CHANNEL, LatentNormalisation, SiteAutoencoder, latent_shape
 from catphish.models.diffusion import ClassConditionedUNet
 from catphish.models.losses import perceptual_network_from_weights
-from catphish.reporting.benchmarks import peak_rss_mb
+from catphish.reporting.benchmarks import peak_gpu_mb, peak_rss_mb
 from catphish.runtime import log
 from catphish.training.ldm import SiteCohort, SiteModel, select_site_cohort, train_site_model
 
 PACKAGE_KIND = "site-package"
-PACKAGE_FORMAT_VERSION = 1
+PACKAGE_FORMAT_VERSION = 2
+"""2: per-channel latent normalisation (shift, scale, sampling clip) instead of one scale factor."""
+LATENT_NORMALISATION = "latent_normalisation"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "card.json"
@@ -66,7 +68,7 @@ class SitePackage:
     class_names: tuple[str, ...]
     autoencoder: SiteAutoencoder
     diffusion: ClassConditionedUNet
-    scale_factor: float
+    latent_normalisation: LatentNormalisation
     path: Path | None = None
 
     @property
@@ -133,24 +135,26 @@ def _assemble(card: dict[str, Any], config: StudyConfig, class_names: tuple[str,
         except RuntimeError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
             raise ArtifactError(f"{name}/{MODEL_FILE}: weights do not match {CONFIG_FILE} ({first})") from None
-    if "scale_factor" not in tensors:
-        raise ArtifactError(f"{name}/{MODEL_FILE}: no latent scale factor")
-    scale_factor = float(tensors["scale_factor"].reshape(-1)[0])
-    if not np.isfinite(scale_factor) or scale_factor <= 0:
-        raise ArtifactError(f"{name}/{MODEL_FILE}: invalid latent scale factor {scale_factor}")
+    stored = tensors.get(LATENT_NORMALISATION)
+    channels = config.autoencoder.latent_channels
+    if stored is None or tuple(stored.shape) != (3, channels):
+        raise ArtifactError(f"{name}/{MODEL_FILE}: no latent normalisation of shape (3, {channels})")
+    normalisation = LatentNormalisation.from_tensor(stored)
+    if not torch.isfinite(stored).all() or min(normalisation.scale) <= 0 or normalisation.clip <= 0:
+        raise ArtifactError(f"{name}/{MODEL_FILE}: invalid latent normalisation {normalisation.as_dict()}")
     if any(not torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
         raise ArtifactError(f"{name}/{MODEL_FILE}: weights contain NaN or Inf")
     target = torch.device(device) if device is not None else torch.device("cpu")
     return SitePackage(card=card, config=config, class_names=class_names,
                        autoencoder=autoencoder.to(target).eval().requires_grad_(False),
-                       diffusion=diffusion.to(target).eval().requires_grad_(False), scale_factor=scale_factor,
-                       path=folder)
+                       diffusion=diffusion.to(target).eval().requires_grad_(False),
+                       latent_normalisation=normalisation, path=folder)
 
 
 def package_from_model(model: SiteModel, config: StudyConfig, card: dict[str, Any]) -> SitePackage:
     """An in-memory package for a freshly trained model (used for the preview before export)."""
     return SitePackage(card=card, config=config, class_names=model.class_names, autoencoder=model.autoencoder,
-                       diffusion=model.diffusion, scale_factor=model.scale_factor)
+                       diffusion=model.diffusion, latent_normalisation=model.latent_normalisation)
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -158,7 +162,7 @@ def model_tensors(model: SiteModel) -> dict[str, torch.Tensor]:
     """The flat tensor mapping stored in ``model.safetensors``."""
     tensors = {f"autoencoder.{k}": v for k, v in model.autoencoder.state_dict().items()}
     tensors.update({f"diffusion.{k}": v for k, v in model.diffusion.state_dict().items()})
-    tensors["scale_factor"] = torch.tensor([model.scale_factor], dtype=torch.float32)
+    tensors[LATENT_NORMALISATION] = model.latent_normalisation.to_tensor()
     return tensors
 
 
@@ -189,7 +193,7 @@ def build_card(model: SiteModel, cohort: SiteCohort, config: StudyConfig, *, see
         "grid": list(config.data.grid),
         "channels": list(CHANNEL_NAMES),
         "latent_shape": list(latent_shape(config.autoencoder, tuple(config.data.grid))),
-        "scale_factor": model.scale_factor,
+        "latent_normalisation": model.latent_normalisation.as_dict(),
         "training": _training_summary(model),
         "conditioning": {"type": "cross-attention on a learned class embedding", "null_token": len(cohort.class_names),
                          "condition_dropout": diffusion.condition_dropout, "classifier_free_guidance": True},
@@ -325,7 +329,8 @@ def train_site_package(request: TrainRequest) -> Path:
         # stage seconds add up every (resumed) run's training; the rest is this run's preparation and evaluation
         wall = sum(s.get("seconds", 0.0) for s in model.stages.values()) + time.perf_counter() - started - this_run_training
         card = build_card(model, cohort, config, seed=request.seed, wall_seconds=wall, perceptual=perceptual,
-                          resources={"device": str(device), "peak_rss_mb": round(peak_rss_mb())})
+                          resources={"device": str(device), "peak_rss_mb": round(peak_rss_mb()),
+                                     "peak_gpu_mb": _rounded(peak_gpu_mb())})
         staging = work / "package"
         if staging.exists():
             shutil.rmtree(staging)
@@ -392,3 +397,7 @@ def _perceptual(config: StudyConfig) -> tuple[torch.nn.Module | None, dict[str, 
     return network, {"enabled": True, "weight": config.autoencoder.perceptual_weight,
                      "network": f"MONAI ResNet ({network.conv1.in_channels}-channel input)",
                      "weights_sha256": sha256_file(path)}
+
+
+def _rounded(value: float | None) -> int | None:
+    return None if value is None else round(value)

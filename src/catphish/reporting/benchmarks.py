@@ -55,6 +55,19 @@ def peak_rss_mb() -> float:
     return max(own, children) / 1024.0
 
 
+def peak_gpu_mb() -> float | None:
+    """Peak CUDA memory allocated by this process's tensors, in MiB; ``None`` without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
+
+
+def memory_line() -> str:
+    """``peak RSS … MiB`` plus the GPU peak when a GPU was used."""
+    gpu = peak_gpu_mb()
+    return f"peak RSS {peak_rss_mb():.0f} MiB" + (f", peak GPU memory {gpu:.0f} MiB" if gpu else "")
+
+
 @dataclass
 class StageTimer:
     """Wall time per named stage, in order."""

@@ -72,7 +72,8 @@ def generate(package: SitePackage, labels: Sequence[int], *, sampler: str = "ddi
         if not show_progress:
             progress.update(task, visible=False)
         for batch in batches:
-            scheduler, eta = sampling_scheduler(package.config.diffusion, sampler, steps)
+            scheduler, eta = sampling_scheduler(package.config.diffusion, sampler, steps,
+                                                clip=package.latent_normalisation.clip)
             y = batch.to(device)
             z = torch.randn((len(batch), *shape), generator=generator, device=device)
             for timestep in scheduler.timesteps:
@@ -82,7 +83,7 @@ def generate(package: SitePackage, labels: Sequence[int], *, sampler: str = "ddi
                 else:
                     z, _ = scheduler.step(noise, int(timestep), z, generator=generator)
                 progress.advance(task)
-            decoded = to_image_space(autoencoder.decode(z / package.scale_factor).float())
+            decoded = to_image_space(autoencoder.decode(package.latent_normalisation.denormalise(z)).float())
             outputs.append(decoded.cpu().numpy().astype(np.float32))
     return np.concatenate(outputs) if outputs else np.zeros((0, len(CHANNEL_NAMES), *package.config.data.grid),
                                                             np.float32)

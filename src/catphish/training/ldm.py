@@ -35,6 +35,7 @@ from catphish.data.prepared import PreparedSubject
 from catphish.errors import CatphishError
 from catphish.models.autoencoder import (
     MASK_CHANNEL,
+    LatentNormalisation,
     SiteAutoencoder,
     build_discriminator,
     grid_divisor,
@@ -198,11 +199,11 @@ def _counts(subjects: Sequence[PreparedSubject], task: str, classes: tuple[str, 
 # -------------------------------------------------------------------------------------------------- the result
 @dataclass
 class SiteModel:
-    """A trained site model: autoencoder, EMA diffusion model, latent scale factor, and what the card reports."""
+    """A trained site model: autoencoder, EMA diffusion model, latent normalisation, and what the card reports."""
 
     autoencoder: SiteAutoencoder
     diffusion: ClassConditionedUNet
-    scale_factor: float
+    latent_normalisation: LatentNormalisation
     class_names: tuple[str, ...]
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     reconstruction: dict[str, Any] | None = None
@@ -245,10 +246,10 @@ def train_site_model(cohort: SiteCohort, config: StudyConfig, work_dir: str | Pa
                 stages["super_resolution"] = _train_super_resolution(autoencoder, cohort, config, context)
         autoencoder.eval().requires_grad_(False)
         with _out_of_memory_guard("diffusion model", f"diffusion.batch_size={config.diffusion.batch_size}", config):
-            diffusion, summary, scale_factor, privacy = _train_diffusion(autoencoder, cohort, config, context)
+            diffusion, summary, normalisation, privacy = _train_diffusion(autoencoder, cohort, config, context)
         stages["diffusion"] = summary
     reconstruction = reconstruction_quality(autoencoder, cohort.holdout_images, device, config.autoencoder.batch_size)
-    return SiteModel(autoencoder=autoencoder, diffusion=diffusion, scale_factor=scale_factor,
+    return SiteModel(autoencoder=autoencoder, diffusion=diffusion, latent_normalisation=normalisation,
                      class_names=cohort.class_names, stages=stages, reconstruction=reconstruction,
                      differential_privacy=privacy)
 
@@ -471,7 +472,7 @@ def encode_latents(autoencoder: SiteAutoencoder, images: np.ndarray, device: tor
 
 
 def _train_diffusion(autoencoder: SiteAutoencoder, cohort: SiteCohort, config: StudyConfig, context: _Context
-                     ) -> tuple[ClassConditionedUNet, dict[str, Any], float, dict[str, Any] | None]:
+                     ) -> tuple[ClassConditionedUNet, dict[str, Any], LatentNormalisation, dict[str, Any] | None]:
     settings = config.diffusion
     device = context.device
     generator = torch.Generator().manual_seed(_stage_seed(context.seed, "diffusion"))
@@ -483,8 +484,9 @@ def _train_diffusion(autoencoder: SiteAutoencoder, cohort: SiteCohort, config: S
         versions.append(encode_latents(autoencoder, cohort.train_images, device, config.autoencoder.batch_size,
                                        flip=True)[0])
     latents = torch.stack(versions, 1)
-    # scale factor: 1 / std of the training latents, so the diffusion model sees unit variance
-    scale_factor = float(1.0 / mu.std().clamp_min(1e-6))
+    # per-channel shift and scale (the LDM scale factor per channel): the diffusion model sees zero mean, unit variance.
+    # A function of the frozen autoencoder's latents, so a resumed run computes the same values.
+    normalisation = LatentNormalisation.fit(mu)
     labels = torch.from_numpy(cohort.train_labels)
     groups = torch.from_numpy(cohort.train_groups)
 
@@ -513,7 +515,7 @@ def _train_diffusion(autoencoder: SiteAutoencoder, cohort: SiteCohort, config: S
         else:
             index = _batch_indices(len(labels), batch_size, generator)
         version = torch.randint(0, latents.shape[1], (len(index),), generator=generator)
-        return latents[index, version] * scale_factor, labels[index].clone()
+        return normalisation.normalise(latents[index, version]), labels[index].clone()
 
     def step(index: int) -> dict[str, float]:
         trained.train()
@@ -539,15 +541,13 @@ def _train_diffusion(autoencoder: SiteAutoencoder, cohort: SiteCohort, config: S
     stage = _Stage("diffusion", settings.steps, settings.checkpoint_every,
                    modules={"diffusion": model, "ema": ema}, optimizers={"diffusion": optimizer},
                    final_modules=("ema",),
-                   extra={"scale_factor": scale_factor,
-                          "summary_extra": {"scale_factor": scale_factor, "batch_size": batch_size}})
+                   extra={"summary_extra": {"latent_normalisation": normalisation.as_dict(), "batch_size": batch_size}})
     summary = _run_stage(stage, step, generator, context)
-    scale_factor = float(stage.extra["scale_factor"])
     if privacy is not None:
         privacy = _privacy_report(privacy, settings.steps)
         summary["differential_privacy"] = privacy
     final = copy.deepcopy(ema.module).eval().requires_grad_(False)
-    return final, summary, scale_factor, privacy
+    return final, summary, normalisation, privacy
 
 
 def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
