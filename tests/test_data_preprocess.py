@@ -170,7 +170,8 @@ def test_array_transforms():
     assert tumour_slice_indices(mask, 3, 2) == [1, 3, 5]  # the largest area (3) and neighbours 2 voxels away
     mask[:, :, 1] = 2
     assert tumour_slice_indices(mask, 3, 2) == [0, 2, 4]  # largest area at 1: shifted to stay inside
-    assert tumour_slice_indices(mask[..., :3], 5, 1) == [0, 0, 1, 2, 2]
+    assert tumour_slice_indices(mask[..., :3], 5, 1) == [0, 1, 2]  # too thin: each slice once
+    assert tumour_slice_indices(mask[..., 1:2], 3, 2) == [0]  # a generated 2D case: its one slice
 
 
 @pytest.mark.skipif(not REAL_SUBJECT.is_dir(), reason="shared real TCGA subject not available")

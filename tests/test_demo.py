@@ -80,3 +80,8 @@ def test_full_demo_at_its_default_size(tmp_path):
     summary = json.loads((tmp_path / "study" / "summary.json").read_text())
     centralized = next(row for row in summary["modes"] if row["mode"] == "centralized")
     assert centralized["AUC"] > 0.7
+    # the scale-0.1 phantom consortium passes the same validation as real data
+    checked = _catphish("data", "check", tmp_path / "study" / "data", "--json")
+    assert checked.returncode == 0, checked.stdout[-2000:]
+    report = json.loads(checked.stdout)
+    assert len(report["sites"]) == 8 and not report["problems"]

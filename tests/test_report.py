@@ -1,6 +1,9 @@
 """`catphish report` builds one self-contained HTML page from evaluation folders."""
 
+import importlib.util
+import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -59,6 +62,8 @@ def test_report_is_self_contained_and_has_the_paper_sections(evaluations, tmp_pa
     assert len(re.findall(r'src="data:image/png;base64,', html)) >= 3  # ROC, confusion matrices, FID matrices
     assert not re.search(r'(src|href)="https?://', html), "the report must not load anything from the network"
     assert "McNemar" in html and "federated" in html and "handcrafted" in html
+    # what each number means, and this evaluation's exact settings
+    assert "How to read the numbers" in html and "stratified percentile bootstrap, 200 resamples" in html
 
 
 def test_report_without_evaluations_is_a_clear_error(tmp_path):
@@ -66,3 +71,44 @@ def test_report_without_evaluations_is_a_clear_error(tmp_path):
     assert result.exit_code != 0
     assert "evaluation folder does not exist" in str(result.exception)
     assert not (tmp_path / "r.html").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_REQUIRED = os.environ.get("CATPHISH_REQUIRE_BROWSER") == "1"  # set by .ci/run, which installs Chromium
+
+
+def test_report_reads_on_a_laptop_screen_in_headless_chromium(evaluations, tmp_path):
+    """Rendered by a real browser at 1366 × 768: every image decodes, nothing overflows sideways, no console errors."""
+    if CHROMIUM is None or importlib.util.find_spec("playwright") is None:
+        message = "needs Chromium (Debian package chromium) and the playwright Python package"
+        if BROWSER_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", str(evaluations / "eval"), str(evaluations / "fidelity"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("requestfailed", lambda request: errors.append(f"request failed: {request.url}"))
+        page.goto(out.as_uri())
+        layout = page.evaluate("""() => ({
+            overflow: document.documentElement.scrollWidth - window.innerWidth,
+            images: [...document.images].map(i => i.complete && i.naturalWidth > 0),
+            headings: [...document.querySelectorAll('h2')].map(h => h.textContent),
+            widest: Math.max(...[...document.querySelectorAll('img')].map(i => i.getBoundingClientRect().right)),
+        })""")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert layout["overflow"] <= 1, f"the page is {layout['overflow']} px wider than a 1366 px screen"
+    assert layout["images"] and all(layout["images"]), "an embedded figure did not decode"
+    assert layout["widest"] <= 1366
+    assert any("Classification" in h for h in layout["headings"]) and not errors, errors
+    assert (tmp_path / "report.png").stat().st_size > 20_000

@@ -73,6 +73,8 @@ def synth(
     settings_: list[str] = typer.Option(["ddpm:1000", "ddim:50", "ddim:20"], "--settings",
                                         help="Sampler settings SAMPLER:STEPS (repeat or comma-separate)."),
     cache: str | None = typer.Option(None, "--cache", help="Prepared-data cache for a raw dataset."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance of every setting "
+                                          "(default: the hub's, synthesis.guidance)."),
     benchmarks: str = typer.Option("BENCHMARKS.md", "--benchmarks", help="File whose 'synth' section is written."),
 ) -> None:
     """Synthesis speed (cases/s) and fidelity (FID per sequence, class fidelity) for DDPM vs DDIM → BENCHMARKS.md."""
@@ -85,7 +87,7 @@ def synth(
     seed_everything(settings.seed)
     result = run_synth_benchmark(Path(package), Path(data), Path(out), settings=chosen, per_class=per_class,
                                  seed=settings.seed, device=resolve_device(), cache_dir=Path(cache) if cache else None,
-                                 benchmarks=Path(benchmarks), show_progress=not settings.quiet)
+                                 benchmarks=Path(benchmarks), show_progress=not settings.quiet, guidance=guidance)
     for row in result["settings"]:
         console.print(f"{row['setting']}: {row['cases_per_second']} cases/s, mean FID {row['fid_mean']}, "
                       f"real→synthetic AUC {row['real_to_synthetic_auc']}", highlight=False)

@@ -7,7 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from catphish.config import SynthesisConfig
 from catphish.runtime import console, resolve_device, settings
+
+_SYNTHESIS = SynthesisConfig()
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -17,11 +20,13 @@ def synthesize(
     packages: list[Path] = typer.Option(..., "--packages", help="Site package folders (one per site)."),
     per_class: int = typer.Option(..., help="Cases to generate per class per site."),
     out: Path = typer.Option(..., help="Output dataset folder (data contract, sites named synthetic-<site>)."),
-    sampler: str = typer.Option("ddim", help="ddpm or ddim."),
-    steps: int = typer.Option(25, help="Sampling steps (DDPM uses the full training schedule when given 1000)."),
-    guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
+    sampler: str = typer.Option(_SYNTHESIS.sampler, help="ddpm or ddim."),
+    steps: int = typer.Option(_SYNTHESIS.steps, help="Sampling steps (DDPM uses the full training schedule when given "
+                              "1000)."),
+    guidance: float = typer.Option(_SYNTHESIS.guidance, help="Classifier-free guidance scale (1 = none)."),
     batch_size: int = typer.Option(16, help="Cases per sampling batch (also the unit of resume)."),
-    workers: int = typer.Option(1, help="Parallel worker processes (one per GPU with CUDA)."),
+    workers: int | None = typer.Option(None, help="Parallel worker processes (default: one per GPU with CUDA, "
+                                       "else 1; on CPU each worker gets cores / workers threads)."),
     backend: str = typer.Option("local", help="local (processes) or ray (a Ray cluster; see docs/hub.md)."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (default: start a local Ray instance)."),
     classes: list[str] | None = typer.Option(None, "--class", help="Only this class (repeatable; default: all)."),
@@ -33,6 +38,10 @@ def synthesize(
     from catphish.modes.hub import synthesize as run
 
     device = str(resolve_device())
+    if workers is None:
+        import torch
+
+        workers = torch.cuda.device_count() if device.startswith("cuda") else 1
     request = SynthesisRequest(packages=tuple(map(str, packages)), out=str(out), per_class=per_class, sampler=sampler,
                                steps=steps, guidance=guidance, batch_size=batch_size, workers=workers, backend=backend,
                                ray_address=ray_address, seed=settings.seed, device=device, resume=resume,

@@ -33,8 +33,9 @@ from catphish.data.validation import check_resample_to, check_subject_headers
 from catphish.data.volumes import MASK, SubjectVolumes, read_subject_volumes, reorient_to_ras
 from catphish.errors import CatphishError, InputFileError
 
-PREPROCESSING_VERSION = 1
-"""Bump when the pipeline's output changes, so every cached subject is recomputed."""
+PREPROCESSING_VERSION = 2
+"""Bump when the pipeline's output changes, so every cached subject is recomputed (2: a volume thinner than the 2D
+slice group gives each of its slices once, not repeated copies)."""
 PREPARED_SUFFIX = ".safetensors"
 
 
@@ -112,13 +113,15 @@ def fit_to_grid(array: np.ndarray, grid: tuple[int, ...], focus: tuple[slice, ..
 
 def tumour_slice_indices(mask: np.ndarray, count: int, stride: int) -> list[int]:
     """Axial (last-axis) indices: the slice with the largest tumour area and ``count // 2`` neighbours each side,
-    ``stride`` voxels apart; the group is shifted (not clipped) to stay inside the volume when it can."""
+    ``stride`` voxels apart; the group is shifted (not clipped) to stay inside the volume when it can. A volume too
+    thin for the group (a generated 2D case is one slice) gives each slice it has once, not repeated copies."""
     depth = mask.shape[-1]
     centre = int(np.argmax(mask.sum(axis=tuple(range(mask.ndim - 1)))))
     reach = (count // 2) * stride
     if depth > 2 * reach:
         centre = min(max(centre, reach), depth - 1 - reach)
-    return [min(max(centre + k * stride, 0), depth - 1) for k in range(-(count // 2), count // 2 + 1)]
+    clipped = [min(max(centre + k * stride, 0), depth - 1) for k in range(-(count // 2), count // 2 + 1)]
+    return list(dict.fromkeys(clipped))
 
 
 def preprocess_volumes(volumes: SubjectVolumes, data: DataConfig) -> np.ndarray:

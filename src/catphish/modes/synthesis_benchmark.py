@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from catphish.artifacts import run_record, write_json
-from catphish.config import SEQUENCES
+from catphish.config import SEQUENCES, SynthesisConfig
 from catphish.errors import CatphishError
 from catphish.evaluation.synthetic_cohort import FidelitySettings, evaluate_synthetic_cohort, slices_of_cases
 from catphish.modes.classification import load_subjects
@@ -57,22 +57,25 @@ def parse_settings(values: Sequence[str]) -> list[SamplerSetting]:
 
 def run_synth_benchmark(package_dir: Path, data_dir: Path, out: Path, *, settings: Sequence[SamplerSetting],
                         per_class: int, seed: int, device: torch.device, cache_dir: Path | None,
-                        benchmarks: Path | None, show_progress: bool = True) -> dict[str, Any]:
-    """Sample ``per_class`` cases per class with every setting, time it and measure fidelity; write the results."""
+                        benchmarks: Path | None, show_progress: bool = True, guidance: float | None = None
+                        ) -> dict[str, Any]:
+    """Sample ``per_class`` cases per class with every setting, time it and measure fidelity; write the results.
+    ``guidance`` (default: the hub's, ``SynthesisConfig().guidance``) is the same for every setting."""
     if per_class < 2:
         raise CatphishError(f"--per-class must be at least 2 (FID needs a covariance), got {per_class}")
     package = load_site_package(package_dir, device=device)
+    guidance = SynthesisConfig().guidance if guidance is None else guidance
     with run_record(out, "bench synth", package.config.to_dict(), seed, inputs=[package_dir / "manifest.json"]) as rec:
         subjects = load_subjects(data_dir, package.config, [package.site], cache_dir, skip_invalid=False)
         if not subjects:
             raise CatphishError(f"{data_dir}: no subjects of site '{package.site}' (the package's site)")
         real = real_features(subjects, package.task, package.class_names)
         real_slices = slices_of_cases(np.concatenate([s.image for s in subjects]))
-        rows = [_measure(package, setting, per_class, seed, device, real, real_slices, show_progress)
+        rows = [_measure(package, setting, per_class, seed, device, real, real_slices, show_progress, guidance)
                 for setting in settings]
         result = {"package": str(package_dir), "site": package.site, "task": package.task,
                   "preset": package.config.preset, "device": str(device), "per_class": per_class,
-                  "guidance": package.config.synthesis.guidance, "torch_threads": torch.get_num_threads(),
+                  "guidance": guidance, "torch_threads": torch.get_num_threads(),
                   "real_images": len(real_slices), "peak_rss_mb": round(peak_rss_mb()), "settings": rows}
         write_json(out / "synth_benchmark.json", result)
         rec.add(result=result)
@@ -82,13 +85,13 @@ def run_synth_benchmark(package_dir: Path, data_dir: Path, out: Path, *, setting
 
 
 def _measure(package: Any, setting: SamplerSetting, per_class: int, seed: int, device: torch.device,
-             real: Any, real_slices: np.ndarray, show_progress: bool) -> dict[str, Any]:
+             real: Any, real_slices: np.ndarray, show_progress: bool, guidance: float) -> dict[str, Any]:
     cases, labels = [], []
     started = time.perf_counter()
     for index, name in enumerate(package.class_names):
         # Same seed per class for every setting: the settings start from the same noise.
         cases.append(sample_cases(package, name, per_class, sampler=setting.sampler, steps=setting.steps,
-                                  seed=seed + index, device=device, show_progress=show_progress))
+                                  guidance=guidance, seed=seed + index, device=device, show_progress=show_progress))
         labels += [index] * per_class
     seconds = time.perf_counter() - started
     generated = np.concatenate(cases)

@@ -78,6 +78,7 @@ def build_report(inputs: ReportInputs, out: str | Path) -> Path:
         _federated_rounds(page, inputs.runs)
     if inputs.packages:
         _privacy(page, inputs.packages)
+    _glossary(page, tables)
     _metadata(page, inputs)
     return atomic_write_text(out, page.render(footer="Every number above comes from files written by catphish "
                                                      "commands; see the run metadata section for how to reproduce."))
@@ -362,6 +363,39 @@ def _privacy(page: Page, packages: Sequence[Path]) -> None:
     previews = [p / "preview.png" for p in packages if (p / "preview.png").exists()]
     for preview in previews:
         section.image(preview, f"samples from {preview.parent.name}")
+
+
+GLOSSARY: dict[str, str] = {
+    "AUC": "area under the ROC curve of the positive-class probability (0.5 = chance, 1 = perfect ranking)",
+    "ACC / SEN / SPE": "accuracy, sensitivity (recall of the positive class), specificity (recall of the negative class) "
+                       "at the 0.5 threshold",
+    "McNemar": "paired test of correctness against the reference mode on the same subjects; reported as χ²(1) = …, "
+               "p = … (or the exact binomial p when few pairs disagree); p > 0.05: no significant difference",
+    "DeLong": "paired test of two AUCs on the same subjects",
+    "FID / KID": "Fréchet and kernel (unbiased MMD²) distances between feature distributions of synthetic and real "
+                 "slices, per sequence; lower = closer. Read them against the real-vs-real baselines",
+    "precision / recall": "share of synthetic slices inside the real feature manifold (fidelity) and of real slices "
+                          "inside the synthetic one (coverage)",
+    "BRISQUE / PIQE": "no-reference image quality; lower is better; compare synthetic with real of the same site",
+    "MIA AUC": "membership-inference attack: how well nearest-synthetic SSIM separates training from held-out cases "
+               "(0.5 = no leakage)",
+}
+"""What each number in the report means; the evaluation notes (exact settings of this run) follow it."""
+
+
+def _glossary(page: Page, tables: dict[str, dict[str, Any]]) -> None:
+    section = page.section("How to read the numbers")
+    section.table([{"number": k, "meaning": v} for k, v in GLOSSARY.items()])
+    settings: dict[str, str] = {}
+    for table in tables.values():
+        for key, value in (table.get("notes") or {}).items():
+            if key not in settings and not isinstance(value, dict | list):
+                settings[key] = str(value)
+            elif key not in settings and isinstance(value, dict) and key == "feature_extractor":
+                settings[key] = f"{value.get('name')}: {value.get('description')}"
+    if settings:
+        section.heading("Settings of this evaluation")
+        section.table([{"setting": k.replace("_", " "), "value": v} for k, v in settings.items()])
 
 
 def _folder_bytes(folder: Path) -> int:
