@@ -268,6 +268,6 @@ def test_cli_evaluate_synthesis_prepares_raw_datasets(tmp_path):
     assert result.exit_code == 0, result.output
     pairs = json.loads((out / "fidelity_pairs.json").read_text())["rows"]
     assert {(r["synthetic_site"], r["real_site"]) for r in pairs} == {(s, r) for s in "AB" for r in "AB"}
-    assert {r["n_real"] for r in pairs} == {6}  # 2 subjects × 3 slices (demo preset)
+    assert {r["n_real"] for r in pairs} == {5}  # 2 subjects × up to 3 slices; a thin volume gives each slice once
     quality_rows = json.loads((out / "quality.json").read_text())["rows"]
     assert {r["source"] for r in quality_rows} == {"real", "synthetic"}

@@ -204,8 +204,8 @@ def _benchmark_markdown(result: dict[str, Any], out: Path, data_dir: Path) -> st
         "",
         stages,
         "",
-        f"Held-out reconstruction: PSNR {quality.get('psnr_db')}, SSIM {quality.get('ssim')}, "
-        f"mask Dice {quality.get('mask_dice')}.",
+        f"Held-out reconstruction (site subjects never trained on): PSNR {_per_sequence(quality.get('psnr_db'))} dB; "
+        f"SSIM {_per_sequence(quality.get('ssim'))}; mask Dice {quality.get('mask_dice')}.",
         "",
         f"Sampling {result['sampling']['cases']} cases ({result['sampling']['sampler']}, {result['sampling']['steps']} "
         f"steps, guidance {result['sampling']['guidance']}): {result['sampling']['seconds']} s.",
@@ -215,6 +215,12 @@ def _benchmark_markdown(result: dict[str, Any], out: Path, data_dir: Path) -> st
         f"{fidelity['synthetic_to_real_auc']}; real→real (5-fold, grouped by subject) {fidelity['real_to_real_cv_auc']}. "
         f"Figure: `{out / 'class_fidelity.png'}`.",
     ])
+
+
+def _per_sequence(values: Any) -> str:
+    if not isinstance(values, dict):
+        return str(values)
+    return ", ".join(f"{name} {value:.3g}" for name, value in values.items())
 
 
 # ------------------------------------------------------------------------------------- mutual-information regulariser
