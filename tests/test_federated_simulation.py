@@ -100,3 +100,17 @@ def test_cli_refuses_bad_federated_input_with_one_line_and_exit_code_2(cohort, t
     assert done.returncode == 2, done.stderr
     assert message in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_all_clients_dropping_through_the_cli_fails_after_the_retries(cohort, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", "from catphish.cli import run; run()", "--quiet", "train", "--mode",
+                           "federated", "--data", str(cohort), "--out", str(out), "--rounds", "2",
+                           "--set", "federated.dropout_probability=1.0", "--set", "federated.retries=1",
+                           "--set", "classifier.channels=[4,8]", "--set", "classifier.augment=false"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "round 1: fewer than federated.min_clients=2 clients" in errors[0], done.stderr[-2000:]
+    assert "in 2 attempt" in errors[0] and "Traceback" not in done.stderr

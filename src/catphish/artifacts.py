@@ -357,6 +357,39 @@ def open_output_dir(path: str | Path, fingerprint: dict[str, Any], *, resume: bo
     return False
 
 
+@contextlib.contextmanager
+def discard_on_error(path: str | Path, created: bool) -> Iterator[None]:
+    """Remove ``path`` when the block fails and the folder was created for this run (``created``): checks that run
+    after :func:`open_output_dir` then leave nothing behind that would block the corrected rerun. A folder being
+    resumed is kept."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def updated_folder(folder: str | Path) -> Iterator[Path]:
+    """Change files of a finished folder (a package) as one step: the block edits a copy, which then replaces the
+    folder; when the block fails the folder is left as it was."""
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.updating")
+    backup = folder.with_name(f".{folder.name}.previous")
+    for leftover in (staging, backup):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(folder, staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.replace(folder, backup)
+    os.replace(staging, folder)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------------ run records
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}

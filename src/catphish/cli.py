@@ -67,7 +67,7 @@ def run() -> None:
     except CatphishError as exc:
         if settings.debug:
             console.print_exception()
-        console.print(Text.assemble(("error: ", "bold red"), (str(exc), "red")), soft_wrap=True)
+        console.print(Text.assemble(("error: ", "bold red"), (one_line(str(exc)), "red")), soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         console.print("[yellow]interrupted[/yellow]")
@@ -81,3 +81,8 @@ def run() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def one_line(message: str) -> str:
+    """An error message on one line: some library texts quoted in messages (YAML parser errors, …) span several."""
+    return " ".join(message.split())

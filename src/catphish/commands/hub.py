@@ -15,9 +15,11 @@ _SYNTHESIS = SynthesisConfig()
 app = typer.Typer(no_args_is_help=True)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def synthesize(
-    packages: list[Path] = typer.Option(..., "--packages", help="Site package folders (one per site)."),
+    context: typer.Context,
+    packages: list[Path] = typer.Option(..., "--packages", help="Site package folders, one per site: `--packages A B C` "
+                                        "or `--packages A --packages B`."),
     per_class: int = typer.Option(..., help="Cases to generate per class per site."),
     out: Path = typer.Option(..., help="Output dataset folder (data contract, sites named synthetic-<site>)."),
     sampler: str = typer.Option(_SYNTHESIS.sampler, help="ddpm or ddim."),
@@ -42,6 +44,7 @@ def synthesize(
         import torch
 
         workers = torch.cuda.device_count() if device.startswith("cuda") else 1
+    packages = [*packages, *map(Path, context.args)]  # `--packages A B C`: click hands B and C over as extra args
     request = SynthesisRequest(packages=tuple(map(str, packages)), out=str(out), per_class=per_class, sampler=sampler,
                                steps=steps, guidance=guidance, batch_size=batch_size, workers=workers, backend=backend,
                                ray_address=ray_address, seed=settings.seed, device=device, resume=resume,

@@ -20,7 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from catphish.artifacts import atomic_output_path, open_output_dir, read_json, run_record, write_json, write_manifest
+from catphish.artifacts import (
+    atomic_output_path,
+    open_output_dir,
+    read_json,
+    run_record,
+    updated_folder,
+    write_json,
+    write_manifest,
+)
 from catphish.audit.features import FeatureSpace, feature_space
 from catphish.audit.memorisation import PrivacyScreen, membership_inference_auc, nearest_neighbour_scores
 from catphish.data.writing import LABELS_NAME, write_case, write_label_rows
@@ -76,18 +84,20 @@ def audit_package(package_dir: str | Path, data_dir: str | Path, n: int = 64, fe
     device = resolve_device()
     package = load_site_package(folder, device=device)
     data = site_images(package, Path(data_dir), Path(cache_dir) if cache_dir else None)
-    synthetic, _ = generate_balanced(package, n, seed, device)
     space = feature_space(features or package.config.evaluation.audit_features, package, device)
+    synthetic, _ = generate_balanced(package, n, seed, device)
     audit = _measure(synthetic, data, space)
     limits = {"max_pearson": max_pearson_limit, "mia_auc": mia_auc_limit}
     failures = _failures(audit, limits)
     audit.update(generated_cases=len(synthetic), seed=seed, limits=limits, passed=not failures,
                  failures=failures)
-    _histograms(folder / AUDIT_FIGURE, audit.pop("_distributions"), package.site)
+    distributions = audit.pop("_distributions")
     card = read_json(folder / CARD_FILE)
     card["audit"] = audit
-    write_json(folder / CARD_FILE, card)
-    write_manifest(folder, kind=PACKAGE_KIND)
+    with updated_folder(folder) as staging:  # a kill mid-way leaves the package as it was, never half-updated
+        _histograms(staging / AUDIT_FIGURE, distributions, package.site)
+        write_json(staging / CARD_FILE, card)
+        write_manifest(staging, kind=PACKAGE_KIND)
     if failures:
         raise CatphishError(f"privacy audit of site '{package.site}' FAILED: {'; '.join(failures)} "
                             "(numbers stored in the package card)")
@@ -168,15 +178,18 @@ def share_synthetic(package_dir: str | Path, data_dir: str | Path, n: int, out: 
     device = resolve_device()
     package = load_site_package(package_dir, device=device)
     out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CatphishError(f"{out}: shared cohort folder already exists (use --overwrite to replace it)")
+    # everything that can fail on bad input happens before the output folder is made
+    data = site_images(package, Path(data_dir), Path(cache_dir) if cache_dir else None)
+    space = feature_space(features or package.config.evaluation.audit_features, package, device)
+    screen = PrivacyScreen(percentile).fit(space.embed(data.train_images))
+    synthetic, labels = generate_balanced(package, n, seed, device)
+    distance = screen.nearest_distance(space.embed(synthetic))
+    allowed = distance >= screen.threshold_
     open_output_dir(out, {"package": str(Path(package_dir).resolve()), "n": n, "percentile": percentile,
                           "features": features, "seed": seed}, overwrite=overwrite, what="shared cohort")
     with run_record(out, "site share-synthetic", None, seed, inputs=[package_dir]) as record:
-        data = site_images(package, Path(data_dir), Path(cache_dir) if cache_dir else None)
-        space = feature_space(features or package.config.evaluation.audit_features, package, device)
-        screen = PrivacyScreen(percentile).fit(space.embed(data.train_images))
-        synthetic, labels = generate_balanced(package, n, seed, device)
-        distance = screen.nearest_distance(space.embed(synthetic))
-        allowed = distance >= screen.threshold_
         rows = _write_shared(out, package, synthetic[allowed], [c for c, a in zip(labels, allowed, strict=True) if a])
         report = {"site": package.site, "task": package.task, "generated": int(n), "blocked": int((~allowed).sum()),
                   "shared": len(rows), "threshold": screen.threshold_, "percentile": percentile,

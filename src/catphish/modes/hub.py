@@ -148,13 +148,25 @@ def _batch_seed(seed: int, package_sha: str, class_name: str, index: int) -> int
 _PACKAGE_CACHE: dict[tuple[str, str], Any] = {}
 
 
-def run_batch(job: BatchJob, out: str, device: str, threads: int | None = None) -> str:
-    """Sample one batch and save it under ``out`` (atomic); returns its relative path. Runs in any worker."""
+_WORKER_DEVICE: str | None = None
+"""The GPU a local worker process claimed when it started (one process per GPU)."""
+
+
+def _claim_device(devices: Any) -> None:
+    """Worker-process initializer: take one GPU from the queue and keep it for the worker's lifetime."""
+    global _WORKER_DEVICE
+    _WORKER_DEVICE = devices.get()
+
+
+def run_batch(job: BatchJob, out: str, device: str | None, threads: int | None = None) -> str:
+    """Sample one batch and save it under ``out`` (atomic); returns its relative path. Runs in any worker;
+    ``device=None`` means the GPU this worker process claimed."""
     from catphish.modes.site_package import load_site_package
     from catphish.synthesis.sampling import sample_cases
 
     if threads:
         torch.set_num_threads(threads)
+    device = device or _WORKER_DEVICE or "cpu"
     key = (job.package.path, device)
     if key not in _PACKAGE_CACHE:
         _PACKAGE_CACHE[key] = load_site_package(job.package.path, device=device)
@@ -175,9 +187,14 @@ def _run_local(jobs: list[BatchJob], out: Path, workers: int, device: str, advan
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(run_batch, job, str(out), f"cuda:{i % gpus}" if gpus else device, threads): job
-                   for i, job in enumerate(jobs)}
+    pool_options: dict[str, Any] = {}
+    if gpus:  # each worker process claims one GPU when it starts (workers beyond the GPU count share round-robin)
+        devices = context.Queue()
+        for index in range(workers):
+            devices.put(f"cuda:{index % gpus}")
+        pool_options = {"initializer": _claim_device, "initargs": (devices,)}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, **pool_options) as pool:
+        futures = {pool.submit(run_batch, job, str(out), None if gpus else device, threads): job for job in jobs}
         for future in as_completed(futures):
             future.result()
             advance(futures[future])

@@ -26,6 +26,7 @@ from catphish.artifacts import (
     MANIFEST_NAME,
     RunRecord,
     atomic_output_path,
+    discard_on_error,
     load_tensors,
     open_output_dir,
     package_versions,
@@ -314,10 +315,11 @@ def train_site_package(request: TrainRequest) -> Path:
     fingerprint = {"site": request.site, "task": request.task, "config": config.to_dict(), "seed": request.seed}
     resumed = open_output_dir(work, fingerprint, resume=request.resume, overwrite=request.overwrite,
                               what="unfinished site package")
-    subjects = _prepared_subjects(request, work)
-    cohort = select_site_cohort(subjects, request.site, request.task, config, request.seed)
-    _check_same_data(work, cohort, resumed)
-    perceptual_network, perceptual = _perceptual(config)
+    with discard_on_error(work, created=not resumed):  # bad input leaves no unfinished package behind
+        subjects = _prepared_subjects(request, work)
+        cohort = select_site_cohort(subjects, request.site, request.task, config, request.seed)
+        _check_same_data(work, cohort, resumed)
+        perceptual_network, perceptual = _perceptual(config)
     device = request.device or torch.device("cpu")
     inputs = [p for p in (request.data_dir / "labels.csv",) if p.exists()]
     with run_record(work, "site train", config.to_dict(), request.seed, inputs=inputs) as record:
