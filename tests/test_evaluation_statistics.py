@@ -120,6 +120,8 @@ def test_mcnemar_without_discordant_pairs_is_p_one():
 
 def test_paper_style_text():
     assert statistics.chi_square_text(2.4512, 1, 0.117466) == "χ²(1) = 2.45, p = 0.1175"
+    assert statistics.chi_square_text(78.41, 1, 8.4e-19) == "χ²(1) = 78.41, p < 0.0001"
+    assert statistics.chi_square_text(15.2, 1, 0.00005) == "χ²(1) = 15.20, p = 0.0001"
 
 
 @pytest.mark.parametrize("table", [

@@ -158,6 +158,14 @@ def test_filter_keeps_a_diverse_subset_and_reports_counts(packages, tmp_path):
     decisions = (tmp_path / "kept" / "kept.csv").read_text().splitlines()
     assert len(decisions) == 17
     verify_folder(tmp_path / "kept", kind="synthetic-cohort")
+    assert report["within"] == "site-class" and "within-site-class distances" in "".join(decisions)
+    site_wide = hub.filter_cohort(hub.FilterRequest(cohort=str(tmp_path / "syn"), out=str(tmp_path / "kept-site"),
+                                                    percentile=30, min_mask_voxels=1, within="site"))
+    assert site_wide["within"] == "site"
+    assert "within-site distances" in (tmp_path / "kept-site" / "kept.csv").read_text()
+    with pytest.raises(CatphishError, match="--within must be site or site-class, got 'class'"):
+        hub.filter_cohort(hub.FilterRequest(cohort=str(tmp_path / "syn"), out=str(tmp_path / "x"), within="class"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_filter_drops_a_case_with_an_empty_segmentation_instead_of_failing(packages, tmp_path):

@@ -97,6 +97,19 @@ def test_diversity_filter_works_per_group_and_is_deterministic():
     assert 0 < first[:30].sum() < 30 and 0 < first[30:].sum() < 30
 
 
+def test_a_class_of_alike_samples_is_emptied_within_a_site_but_kept_within_its_class():
+    """Why `hub filter` compares distances per class of a site by default: a site-wide percentile is set by the spread
+    between classes, so the class whose samples are alike loses nearly all of them."""
+    rng = np.random.default_rng(5)
+    spread = rng.normal(0, 3, (40, 4))
+    alike = rng.normal(0, 0.5, (40, 4)) + 8
+    features = np.r_[spread, alike]
+    within_site = DiversityFilter(20).fit_predict(features, ["site"] * 80)
+    within_class = DiversityFilter(20).fit_predict(features, ["site/a"] * 40 + ["site/b"] * 40)
+    assert within_site[40:].sum() <= 4 and within_site[:40].sum() >= 30
+    assert abs(int(within_class[:40].sum()) - int(within_class[40:].sum())) <= 4
+
+
 def test_percentile_outside_open_interval_is_refused():
     with pytest.raises(ValueError, match="percentile"):
         DiversityFilter(100)

@@ -66,6 +66,26 @@ def test_report_is_self_contained_and_has_the_paper_sections(evaluations, tmp_pa
     assert "How to read the numbers" in html and "stratified percentile bootstrap, 200 resamples" in html
 
 
+def test_report_shows_cohort_montages_quality_and_kid(evaluations, tmp_path):
+    from nifti_fixtures import write_dataset
+
+    write_dataset(tmp_path / "real", sites={"TCGA": 3}, shape=(32, 32, 16))
+    write_dataset(tmp_path / "syn", sites={"synthetic-TCGA": 3}, shape=(32, 32, 16), seed=7)
+    quality = tmp_path / "fidelity"
+    result = CliRunner().invoke(app, ["evaluate-synthesis", "--real", str(evaluations / "real"), "--synthetic",
+                                      str(evaluations / "syn"), "--out", str(quality)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", str(evaluations / "eval"), str(quality), "--out", str(out),
+                                      "--data", str(tmp_path / "real"), "--filtered", str(tmp_path / "syn")])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert "Cohort" in html and "Real vs synthetic cases" in html and "real vs synthetic, TCGA" in html
+    assert "BRISQUE" in html and "PIQE" in html  # Table 3
+    assert "KID alpha" not in html and "KID t1" in html and "FID t1" in html  # both cross-site matrices
+    assert "precision/recall of the generated distribution" in html
+
+
 def test_report_without_evaluations_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")])
     assert result.exit_code != 0

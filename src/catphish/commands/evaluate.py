@@ -75,12 +75,15 @@ def register(root: typer.Typer) -> None:
                                           "temporary folder, removed afterwards)."),
         skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip invalid subjects of raw datasets."),
         seed: int | None = typer.Option(None, "--seed", help="Sampling seed (default: the global --seed)."),
+        packages: list[Path] = typer.Option([], "--package", help="Site package whose audit numbers (membership "
+                                            "inference, memorisation) go into the privacy table (repeat)."),
     ) -> None:
-        """FID per sequence (real vs synthetic per site) and the cross-site FID matrix, KID, precision/recall, and
-        BRISQUE/PIQE per sequence, real vs synthetic."""
+        """FID per sequence (real vs synthetic per site) and the cross-site FID matrix, KID, precision/recall,
+        BRISQUE/PIQE per sequence, real vs synthetic, and the site audits' privacy numbers from the packages."""
         from catphish.config import load_config
         from catphish.evaluation import quality
         from catphish.evaluation.features import feature_extractor
+        from catphish.evaluation.privacy import privacy_table
         from catphish.evaluation.synthetic_cohort import FidelitySettings, evaluate_synthetic_cohort, load_cohort_slices
         from catphish.runtime import log, resolve_device, settings
 
@@ -89,6 +92,7 @@ def register(root: typer.Typer) -> None:
         if samples < 4:
             raise CatphishError(f"--samples must be at least 4, got {samples}")
         _check_output_folder(out)
+        privacy = privacy_table(packages) if packages else None  # a tampered package is refused before any work
         extractor = feature_extractor(features or study.evaluation.feature_extractor, resolve_device())
         model = None if no_quality else quality.load_brisque_model(brisque_model)
         options = FidelitySettings(samples=samples, seed=settings.seed if seed is None else seed, quality=not no_quality)
@@ -96,6 +100,8 @@ def register(root: typer.Typer) -> None:
             real_slices = load_cohort_slices(real, study, cache_dir / "real", skip_invalid)
             synthetic_slices = load_cohort_slices(synthetic, study, cache_dir / "synthetic", skip_invalid)
         result = evaluate_synthetic_cohort(real_slices, synthetic_slices, extractor, options, model)
+        if privacy is not None:
+            result.tables.append(privacy)
         _write_fidelity(out, result, options, study.to_dict(), [_dataset_fingerprint(real), _dataset_fingerprint(synthetic)])
         if not settings.quiet:
             _print_fidelity_summary(result)

@@ -66,13 +66,17 @@ def filter_command(
     out: Path | None = typer.Option(None, help="Filtered cohort folder (default: COHORT-filtered)."),
     min_mask_voxels: int = typer.Option(8, help="Quality gate: smallest tumour mask kept."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    within: str = typer.Option("site-class", help="Compare distances within each class of a site (default: a class "
+                               "whose samples are alike is not emptied) or within each site (`site`, the paper's "
+                               "literal rule)."),
 ) -> None:
     """Quality gate + the paper's diversity filter; writes the kept cases, kept.csv and filter_report.json."""
     from catphish.modes.hub import FilterRequest, filter_cohort
 
     target = out or cohort.with_name(f"{cohort.name}-filtered")
     report = filter_cohort(FilterRequest(cohort=str(cohort), out=str(target), percentile=percentile,
-                                         min_mask_voxels=min_mask_voxels, overwrite=overwrite), seed=settings.seed)
+                                         min_mask_voxels=min_mask_voxels, overwrite=overwrite, within=within),
+                           seed=settings.seed)
     table = Table(title=f"diversity filter (percentile {percentile:g}) → {target}")
     for column in ("site", "class", "before", "after quality gate", "after"):
         table.add_column(column)

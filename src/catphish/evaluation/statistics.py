@@ -45,7 +45,7 @@ class DelongResult:
     def reported(self) -> str:
         if np.isnan(self.p_value):
             return "not computable (needs at least 2 subjects of each class)"
-        return f"ΔAUC = {self.difference:+.3f}, z = {self.z:.2f}, p = {self.p_value:.4f}"
+        return f"ΔAUC = {self.difference:+.3f}, z = {self.z:.2f}, {p_text(self.p_value)}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class McnemarResult:
     @property
     def reported(self) -> str:
         if self.exact:
-            return f"exact binomial (b = {self.b}, c = {self.c}), p = {self.p_value:.4f}"
+            return f"exact binomial (b = {self.b}, c = {self.c}), {p_text(self.p_value)}"
         return chi_square_text(self.statistic, 1, self.p_value)
 
 
@@ -83,7 +83,12 @@ class StuartMaxwellResult:
 
 def chi_square_text(statistic: float, df: int, p_value: float) -> str:
     """The paper's way of reporting a χ² test: ``χ²(1) = 2.45, p = 0.1175``."""
-    return f"χ²({df}) = {statistic:.2f}, p = {p_value:.4f}"
+    return f"χ²({df}) = {statistic:.2f}, {p_text(p_value)}"
+
+
+def p_text(p_value: float) -> str:
+    """``p = 0.1175`` as the paper reports it; ``p < 0.0001`` where four decimals would print zero."""
+    return "p < 0.0001" if p_value < 0.00005 else f"p = {p_value:.4f}"
 
 
 # ------------------------------------------------------------------------------------------------- bootstrap

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from catphish.artifacts import read_json, write_json
+from catphish.config import DEMO_PER_CLASS, DEMO_ROUNDS
 from catphish.errors import CatphishError
 from catphish.reporting.benchmarks import stage_timeline
 from catphish.runtime import console, log, progress_bar, resolve_device, settings
@@ -36,8 +37,8 @@ class DemoOptions:
     scale: float = 0.1
     preset: str = "demo"
     task: str = "idh"
-    per_class: int = 60
-    rounds: int = 10
+    per_class: int = DEMO_PER_CLASS
+    rounds: int = DEMO_ROUNDS
     audit_cases: int = 32
     fidelity_samples: int = 150
     overrides: list[str] = field(default_factory=list)
@@ -105,7 +106,8 @@ class Demo:
         self.stage("evaluate-synthesis", ["evaluate-synthesis", "--real", str(cache), "--synthetic",
                                           str(self.path("synthetic-filtered")), "--out",
                                           str(self.path("eval-synthesis")), "--samples",
-                                          str(options.fidelity_samples), *self.preset_args()])
+                                          str(options.fidelity_samples), *_repeat("--package", packages),
+                                          *self.preset_args()])
         self.communication(data, packages)
         self.stage("report", ["report", str(self.path("eval")), str(self.path("eval-synthesis")), "--out",
                               str(self.path("report.html")), "--data", str(data), "--filtered",

@@ -315,6 +315,14 @@ class FilterRequest:
     percentile: float = 20.0
     min_mask_voxels: int = 8
     overwrite: bool = False
+    within: str = "site-class"
+    """Groups whose pairwise distances the rule compares: ``site-class`` (each class of a site on its own, so a class
+    whose samples are alike is not thinned more than the other) or ``site`` (the paper's literal rule). On the demo
+    (150 cases per class per site) ``site`` kept 8 of 48 wildtype cases at one site and the synthetic-only classifier
+    reached IDH AUC 0.49; ``site-class`` kept both classes alike and reached 0.76."""
+
+
+FILTER_GROUPS: tuple[str, ...] = ("site", "site-class")
 
 
 def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
@@ -325,6 +333,8 @@ def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
 
     if not 0.0 < request.percentile < 100.0:
         raise CatphishError(f"--percentile must be in (0, 100), got {request.percentile}")
+    if request.within not in FILTER_GROUPS:
+        raise CatphishError(f"--within must be {' or '.join(FILTER_GROUPS)}, got '{request.within}'")
     source = Path(request.cohort)
     if not source.is_dir():
         raise CatphishError(f"{source}: synthetic cohort folder does not exist")
@@ -336,11 +346,10 @@ def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
     if not dataset.subjects:
         raise CatphishError(f"{source}: no synthetic cases found")
     out = Path(request.out)
-    open_output_dir(out, {"cohort": str(source.resolve()), "percentile": request.percentile,
-                          "min_mask_voxels": request.min_mask_voxels}, overwrite=request.overwrite,
+    settings = {"percentile": request.percentile, "min_mask_voxels": request.min_mask_voxels, "within": request.within}
+    open_output_dir(out, {"cohort": str(source.resolve()), **settings}, overwrite=request.overwrite,
                     what="filtered cohort")
-    with run_record(out, "hub filter", {"percentile": request.percentile, "min_mask_voxels": request.min_mask_voxels},
-                    seed, inputs=[source]) as record:
+    with run_record(out, "hub filter", settings, seed, inputs=[source]) as record:
         decisions, features, names = [], [], []
         with progress_bar() as progress:
             task = progress.add_task("radiomics", total=len(dataset.subjects), status="")
@@ -353,13 +362,15 @@ def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
                     names.append(len(decisions) - 1)
                 progress.advance(task)
         if features:
-            groups = [decisions[i]["site"] for i in names]
+            groups = [decisions[i]["site"] + ("/" + decisions[i]["class"] if request.within == "site-class" else "")
+                      for i in names]
             keep = DiversityFilter(request.percentile).fit_predict(np.array(features), groups)
             for index, kept in zip(names, keep, strict=True):
                 if not kept:
                     decisions[index].update(kept=False, reason=f"too similar (below the {request.percentile:g}th "
-                                                               "percentile of within-site distances)")
+                                                               f"percentile of within-{request.within} distances)")
         report = _filter_report(decisions)
+        report["within"] = request.within
         _write_filtered(dataset, decisions, source, out)
         write_label_rows(out / "kept.csv", [{k: str(v) for k, v in d.items()} for d in decisions])
         write_json(out / "filter_report.json", report)

@@ -284,16 +284,26 @@ def _fidelity(page: Page, tables: dict[str, dict[str, Any]], figures: dict[str, 
                  f"from {name} (not Inception: no pretrained network can be downloaded here, so compare with the "
                  "real-vs-real baselines rather than with the paper's values). A good site model has its lowest "
                  "FID on the diagonal (its own site).")
-    matrices = figures.get("fid_matrix", {})
-    if matrices:
-        section.figures([(_fid_figure(sequence, matrix), f"FID {sequence}") for sequence, matrix in matrices.items()])
+    for metric in ("fid", "kid"):
+        matrices = figures.get(f"{metric}_matrix", {})
+        if matrices:
+            section.figures([(_fid_figure(sequence, matrix, metric.upper()), f"{metric.upper()} {sequence}")
+                             for sequence, matrix in matrices.items()])
+    own_site = [{key: row.get(key) for key in ("sequence", "synthetic_site", "n_synthetic", "n_real", "fid", "kid",
+                                               "precision", "recall")}
+                for row in tables.get("fidelity_pairs", {}).get("rows", []) if row.get("same_site") == "yes"]
+    if own_site:
+        section.heading("Each synthetic site against its own real site: FID, KID and the precision/recall of the "
+                        "generated distribution (k-NN manifolds; precision = share of synthetic slices inside the real "
+                        "manifold, recall = share of real slices inside the synthetic one).")
+        section.table(own_site)
     for name in ("fidelity_summary", "real_baselines", "quality"):
         if name in tables and tables[name]["rows"]:
             section.heading(tables[name]["description"])
             section.table(tables[name]["rows"])
 
 
-def _fid_figure(sequence: str, matrix: dict[str, Any]) -> plt.Figure:
+def _fid_figure(sequence: str, matrix: dict[str, Any], metric: str = "FID") -> plt.Figure:
     if isinstance(matrix, dict) and "values" in matrix:
         rows, columns = matrix["synthetic_sites"], matrix["real_sites"]
         values = np.asarray(matrix["values"], dtype=float)
@@ -304,17 +314,19 @@ def _fid_figure(sequence: str, matrix: dict[str, Any]) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(columns), 1.0 + 0.6 * len(rows)))
     ax.imshow(values, cmap="viridis_r")
     for (i, j), value in np.ndenumerate(values):
-        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+        ax.text(j, i, f"{value:.1f}" if metric == "FID" else f"{value:.3g}", ha="center", va="center", fontsize=7,
+                color="white")
     ax.set_xticks(range(len(columns)), [f"real {c}" for c in columns], rotation=30, fontsize=7)
     ax.set_yticks(range(len(rows)), [f"syn {r}" for r in rows], fontsize=7)
-    ax.set_title(f"FID, {sequence}", fontsize=9)
+    ax.set_title(f"{metric}, {sequence}", fontsize=9)
     return fig
 
 
 def _filter(page: Page, report: dict[str, Any]) -> None:
     section = page.section("Diversity filter at the hub")
+    groups = "each class of a site" if report.get("within", "site") == "site-class" else "each site"
     section.text("Quality gate (empty, tiny or out-of-brain masks, non-finite images), then the paper's rule: "
-                 f"{report.get('features', 'radiomics features')}, standardised; within each site, samples in pairs "
+                 f"{report.get('features', 'radiomics features')}, standardised; within {groups}, samples in pairs "
                  "closer than the chosen percentile of pairwise distances are dropped (the paper kept 4614 of 9600).")
     section.table(report["rows"] + [{"site": "all", "class": "", **report["totals"]}])
 
@@ -339,21 +351,9 @@ def _federated_rounds(page: Page, runs: Sequence[Path]) -> None:
 
 
 def _privacy(page: Page, packages: Sequence[Path]) -> None:
-    audits = []
-    for package in packages:
-        card = read_json(package / "card.json")
-        audit = card.get("audit")
-        row: dict[str, Any] = {"site": card.get("site"), "package MB": round(_folder_bytes(package) / 1e6, 2)}
-        if audit:
-            row.update({"MIA AUC": audit["membership_inference"]["auc"],
-                        "max Pearson (memorisation)": audit["memorisation_max_pearson"],
-                        "median max-SSIM to training": audit["nearest_to_training"].get("max_ssim_median"),
-                        "median max-SSIM to held-out": audit["nearest_to_holdout"].get("max_ssim_median"),
-                        "passed": audit.get("passed")})
-        recon = card.get("reconstruction_quality") or {}
-        if isinstance(recon, dict) and "mask_dice" in recon:
-            row["AE mask Dice"] = recon["mask_dice"]
-        audits.append(row)
+    from catphish.evaluation.privacy import privacy_rows
+
+    audits = privacy_rows(packages)
     section = page.section("Site packages and privacy audit")
     section.text("Measured at each site on its own data; only these aggregate numbers leave the site. MIA AUC is the "
                  "SSIM-distance membership-inference attack (training cases vs held-out cases; 0.5 = the attacker "
@@ -396,10 +396,6 @@ def _glossary(page: Page, tables: dict[str, dict[str, Any]]) -> None:
     if settings:
         section.heading("Settings of this evaluation")
         section.table([{"setting": k.replace("_", " "), "value": v} for k, v in settings.items()])
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _metadata(page: Page, inputs: ReportInputs) -> None:
