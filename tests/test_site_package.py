@@ -186,6 +186,17 @@ def test_sample_refuses_bad_requests_before_writing_anything(package, tmp_path, 
     assert not out.exists()
 
 
+def test_sample_never_writes_into_a_real_dataset(package, tmp_path):
+    from nifti_fixtures import write_dataset
+
+    write_dataset(tmp_path / "real", sites={"alpha": 2})
+    before = sorted(str(p) for p in (tmp_path / "real").rglob("*"))
+    result = _catphish("site", "sample", str(package), "--class", "mutant", "--n", "1", "--steps", "2", "--out",
+                       str(tmp_path / "real"))
+    assert result.returncode == 2 and "holds data that `site sample` did not generate" in result.stderr
+    assert sorted(str(p) for p in (tmp_path / "real").rglob("*")) == before
+
+
 def test_sample_cases_is_reproducible_for_a_seed(package):
     loaded = load_site_package(package, device="cpu")
     first = sample_cases(loaded, "wildtype", 2, "ddpm", 3, 1.5, seed=7, batch_size=2, show_progress=False)

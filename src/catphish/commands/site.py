@@ -116,6 +116,7 @@ def sample(
                             f"{', '.join(loaded.class_names)}, or all)")
     if n < 1:
         raise CatphishError(f"--n must be at least 1, got {n}")
+    _refuse_non_synthetic_folder(out)
     synthesis = loaded.config.synthesis
     used = {"sampler": sampler or synthesis.sampler, "steps": steps or synthesis.steps,
             "guidance": synthesis.guidance if guidance is None else guidance}
@@ -133,6 +134,19 @@ def sample(
         rec.add(package_site=loaded.site, task=loaded.task, generated={k: len(v) for k, v in written.items()}, **used)
     console.print(f"[green]wrote[/green] {sum(map(len, written.values()))} synthetic cases of site {loaded.site} "
                   f"({', '.join(f'{k}: {len(v)}' for k, v in written.items())}) to {out}")
+
+
+def _refuse_non_synthetic_folder(out: Path) -> None:
+    """More generated cases may go into a folder of generated cases, never into a real dataset."""
+    from catphish.data.writing import read_label_rows
+
+    if out.exists() and not out.is_dir():
+        raise CatphishError(f"{out}: exists and is not a folder")
+    rows = read_label_rows(out / "labels.csv") if out.is_dir() else []
+    real = [row["subject_id"] for row in rows if row.get("source") != "synthetic"]
+    if real or (out.is_dir() and any(out.iterdir()) and not rows):
+        raise CatphishError(f"{out}: holds data that `site sample` did not generate (e.g. a real dataset); "
+                            "write the generated cases to an empty or new folder")
 
 
 @app.command("audit")

@@ -98,11 +98,19 @@ def update_readme_results(readme: Path, demo: Demo, summary: dict[str, Any]) -> 
 
 
 def _fidelity_line(rows: list[dict[str, Any]]) -> str:
+    """Per sequence: mean FID of each synthetic site to its own real site (diagonal) and to the others, how many rows
+    have their lowest FID on the diagonal, and the real-vs-real scale (split halves of a site, pairs of sites)."""
     parts = []
     for row in rows:
         diagonal, off = row.get("fid_diagonal_mean"), row.get("fid_off_diagonal_mean")
-        if diagonal is not None and off is not None:
-            parts.append(f"{row['sequence']} FID diagonal {diagonal:.2f} vs off-diagonal {off:.2f}")
+        if diagonal is None or off is None:
+            continue
+        text = (f"{row['sequence']} FID diagonal {diagonal:.2f} vs off-diagonal {off:.2f} (diagonal lowest in "
+                f"{row.get('rows_where_diagonal_lowest')}/{row.get('rows_with_diagonal')} rows")
+        split, between = row.get("real_split_half_fid_mean"), row.get("real_between_sites_fid_mean")
+        if split is not None and between is not None:
+            text += f"; real vs real: split halves {split:.2f}, between sites {between:.2f}"
+        parts.append(text + ")")
     return "; ".join(parts) + "." if parts else "not available."
 
 

@@ -290,6 +290,11 @@ class Demo:
                          "McNemar vs centralized": (mcnemar or {}).get("reported", reference),
                          "McNemar p": (mcnemar or {}).get("p_value")})
         fidelity = read_json(self.path("eval-synthesis", "fidelity_summary.json"))["rows"]
+        baselines = read_json(self.path("eval-synthesis", "real_baselines.json"))["rows"]
+        for row in fidelity:  # the real-vs-real scale against which the synthetic distances are read
+            for kind in ("split-half", "between-sites"):
+                values = [float(b["fid"]) for b in baselines if b["sequence"] == row["sequence"] and b["kind"] == kind]
+                row[f"real_{kind.replace('-', '_')}_fid_mean"] = sum(values) / len(values) if values else None
         timeline = stage_timeline(self.stage_records())
         summary = {"report": str(self.path("report.html").resolve()), "modes": rows, "fidelity": fidelity,
                    "stages": {r.name: round(r.seconds, 1) for r in self.results},

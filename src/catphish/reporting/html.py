@@ -26,6 +26,7 @@ p.lead{color:#4a5561;margin-top:0} p.note{color:#4a5561;font-size:.92rem;margin:
 nav{font-size:.9rem;margin:12px 0 8px} nav a{margin-right:14px;color:#1f5fbf;text-decoration:none}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.88rem;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:right;white-space:nowrap}
+td.text{white-space:normal;text-align:left;min-width:14em;max-width:42em}
 th{background:#eef1f5;text-align:center} td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafbfc}
 img{max-width:100%;height:auto;border:1px solid #e3e6ea;margin:6px 0}
@@ -56,8 +57,8 @@ class Section:
             return
         columns = list(columns or rows[0].keys())
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(row.get(c, '')))}</td>" for c in columns)
-                       + "</tr>" for row in rows)
+        body = "".join("<tr>" + "".join(_cell(format_value(row.get(c, ""))) for c in columns) + "</tr>"
+                       for row in rows)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
@@ -113,3 +114,9 @@ def format_value(value: Any) -> str:
     if value is None:
         return "–"
     return str(value)
+
+
+def _cell(text: str) -> str:
+    """A table cell; prose (a long value with spaces) wraps and reads left-aligned instead of widening the table."""
+    wraps = len(text) > 40 and " " in text
+    return f'<td class="text">{html.escape(text)}</td>' if wraps else f"<td>{html.escape(text)}</td>"

@@ -300,7 +300,24 @@ def _fidelity(page: Page, tables: dict[str, dict[str, Any]], figures: dict[str, 
     for name in ("fidelity_summary", "real_baselines", "quality"):
         if name in tables and tables[name]["rows"]:
             section.heading(tables[name]["description"])
-            section.table(tables[name]["rows"])
+            rows = tables[name]["rows"]
+            section.table(_baseline_summary(rows) if name == "real_baselines" else rows)
+
+
+def _baseline_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per sequence and kind (split halves of a site, pairs of sites): mean FID/KID and the FID range; every pair is in
+    the evaluation folder's real_baselines.csv."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(str(row["sequence"]), str(row["kind"]))].append(row)
+    summary = []
+    for (sequence, kind), members in groups.items():
+        fids = [float(r["fid"]) for r in members]
+        kids = [float(r["kid"]) for r in members if r.get("kid") is not None]
+        summary.append({"sequence": sequence, "kind": kind, "pairs": len(members),
+                        "FID mean": float(np.mean(fids)), "FID min": min(fids), "FID max": max(fids),
+                        "KID mean": float(np.mean(kids)) if kids else None})
+    return summary
 
 
 def _fid_figure(sequence: str, matrix: dict[str, Any], metric: str = "FID") -> plt.Figure:
@@ -312,10 +329,11 @@ def _fid_figure(sequence: str, matrix: dict[str, Any], metric: str = "FID") -> p
         columns = sorted({c for r in matrix.values() for c in r})
         values = np.array([[matrix[r].get(c, np.nan) for c in columns] for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(columns), 1.0 + 0.6 * len(rows)))
-    ax.imshow(values, cmap="viridis_r")
+    image = ax.imshow(values, cmap="viridis_r")
     for (i, j), value in np.ndenumerate(values):
+        light = image.norm(value) < 0.5  # viridis_r is light (yellow) for low values: dark text there
         ax.text(j, i, f"{value:.1f}" if metric == "FID" else f"{value:.3g}", ha="center", va="center", fontsize=7,
-                color="white")
+                color="black" if light else "white")
     ax.set_xticks(range(len(columns)), [f"real {c}" for c in columns], rotation=30, fontsize=7)
     ax.set_yticks(range(len(rows)), [f"syn {r}" for r in rows], fontsize=7)
     ax.set_title(f"{metric}, {sequence}", fontsize=9)
