@@ -78,8 +78,11 @@ def test_full_demo_at_its_default_size(tmp_path):
     result = _catphish("demo", "--out", tmp_path / "study", timeout=3600)  # a hung stage fails, a slow machine does not
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "study" / "summary.json").read_text())
-    centralized = next(row for row in summary["modes"] if row["mode"] == "centralized")
-    assert centralized["AUC"] > 0.7
+    auc = {row["mode"]: row["AUC"] for row in summary["modes"]}
+    assert auc["centralized"] > 0.7
+    # CATphishing's claim at demo size: the synthetic-only and the federated classifier learn IDH on unseen sites too
+    # (measured 0.83 and 0.76 vs 0.79; the synthetic draw alone moves the synthetic AUC by about ±0.05)
+    assert auc["synthetic"] > 0.65 and auc["federated"] > 0.65, auc
     # the scale-0.1 phantom consortium passes the same validation as real data
     checked = _catphish("data", "check", tmp_path / "study" / "data", "--json")
     assert checked.returncode == 0, checked.stdout[-2000:]
