@@ -30,7 +30,8 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
 PRESETS: tuple[str, ...] = ("demo", "small3d", "paper")
 DEMO_PER_CLASS: int = 150
 """`catphish demo`: cases per class per site at the hub. The diversity filter keeps about a quarter, and the
-synthetic-only classifier did better on 150 than on 60 (IDH AUC 0.76 vs 0.70 on the demo's external test sites)."""
+synthetic-only classifier did better on 150 than on 60 (IDH AUC 0.76 vs 0.70 on the demo's external test sites, one
+draw of each; another draw of 150 reached 0.83, so the draw alone moves it by several points)."""
 DEMO_ROUNDS: int = 20
 """`catphish demo`: FedAvg rounds (of ``federated.local_epochs`` = 2 in the demo preset)."""
 
