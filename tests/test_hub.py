@@ -245,3 +245,17 @@ def test_ray_backend_matches_local_processes(packages, tmp_path):
     hub.synthesize(_request(packages, tmp_path / "local"))
     hub.synthesize(_request(packages, tmp_path / "ray", backend="ray", workers=2))
     _same_cohort(_arrays(tmp_path / "local"), _arrays(tmp_path / "ray"))
+
+
+def _claimed_device(barrier) -> str | None:
+    barrier.wait(timeout=60)  # both tasks run at once, so each runs in its own worker process
+    return hub.worker_device()
+
+
+def test_each_local_worker_claims_its_own_gpu():
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Manager() as manager, hub.worker_pool(workers=2, gpus=2) as pool:
+        barrier = manager.Barrier(2)
+        claimed = {future.result() for future in [pool.submit(_claimed_device, barrier) for _ in range(2)]}
+    assert claimed == {"cuda:0", "cuda:1"}

@@ -158,6 +158,22 @@ def _claim_device(devices: Any) -> None:
     _WORKER_DEVICE = devices.get()
 
 
+def worker_pool(workers: int, gpus: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes; with ``gpus`` > 0 each claims one GPU when it starts (``cuda:i mod gpus``)."""
+    context = multiprocessing.get_context("spawn")
+    if not gpus:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    devices = context.Queue()
+    for index in range(workers):
+        devices.put(f"cuda:{index % gpus}")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_claim_device, initargs=(devices,))
+
+
+def worker_device() -> str | None:
+    """The device this worker process claimed (``None`` outside a GPU pool)."""
+    return _WORKER_DEVICE
+
+
 def run_batch(job: BatchJob, out: str, device: str | None, threads: int | None = None) -> str:
     """Sample one batch and save it under ``out`` (atomic); returns its relative path. Runs in any worker;
     ``device=None`` means the GPU this worker process claimed."""
@@ -186,14 +202,7 @@ def _run_local(jobs: list[BatchJob], out: Path, workers: int, device: str, advan
         return
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
-    pool_options: dict[str, Any] = {}
-    if gpus:  # each worker process claims one GPU when it starts (workers beyond the GPU count share round-robin)
-        devices = context.Queue()
-        for index in range(workers):
-            devices.put(f"cuda:{index % gpus}")
-        pool_options = {"initializer": _claim_device, "initargs": (devices,)}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, **pool_options) as pool:
+    with worker_pool(workers, gpus) as pool:
         futures = {pool.submit(run_batch, job, str(out), None if gpus else device, threads): job for job in jobs}
         for future in as_completed(futures):
             future.result()
