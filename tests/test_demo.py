@@ -43,6 +43,8 @@ def test_demo_runs_the_whole_chain_and_ends_with_the_report(demo):
     for site in ("TCGA", "UTSW", "EGD"):
         card = json.loads((out / "packages" / f"{site}.catphish" / "card.json").read_text())
         assert card["audit"]["passed"] and "PATIENT" not in json.dumps(card)
+    privacy = json.loads((out / "eval-synthesis" / "privacy.json").read_text())["rows"]
+    assert [row["site"] for row in privacy] == ["TCGA", "UTSW", "EGD"] and all("MIA AUC" in row for row in privacy)
 
 
 def test_bench_all_reuses_the_demo_and_writes_every_section(demo, tmp_path):
