@@ -34,6 +34,10 @@ def test_demo_runs_the_whole_chain_and_ends_with_the_report(demo):
     summary = json.loads((out / "summary.json").read_text())
     assert [row["mode"] for row in summary["modes"]] == ["centralized", "federated", "synthetic"]
     assert all(0.0 <= row["AUC"] <= 1.0 for row in summary["modes"])
+    baselines = json.loads((out / "eval-synthesis" / "real_baselines.json").read_text())["rows"]
+    for row in summary["fidelity"]:  # the real-vs-real scale beside each sequence's synthetic FID
+        split = [b["fid"] for b in baselines if b["sequence"] == row["sequence"] and b["kind"] == "split-half"]
+        assert split and row["real_split_half_fid_mean"] == pytest.approx(sum(split) / len(split))
     html = (out / "report.html").read_text()
     for heading in ("Cohort", "Classification", "Fidelity", "Communication", "privacy audit", "Run metadata"):
         assert heading in html

@@ -271,3 +271,14 @@ def test_cli_evaluate_synthesis_prepares_raw_datasets(tmp_path):
     assert {r["n_real"] for r in pairs} == {5}  # 2 subjects × up to 3 slices; a thin volume gives each slice once
     quality_rows = json.loads((out / "quality.json").read_text())["rows"]
     assert {r["source"] for r in quality_rows} == {"real", "synthetic"}
+
+
+def test_real_baseline_summary_groups_by_sequence_and_kind():
+    rows = [{"sequence": "t1", "kind": "split-half", "fid": 2.0, "kid": 0.1},
+            {"sequence": "t1", "kind": "split-half", "fid": 4.0, "kid": 0.3},
+            {"sequence": "t1", "kind": "between-sites", "fid": 9.0, "kid": None},
+            {"sequence": "t2", "kind": "split-half", "fid": 1.0, "kid": 0.0}]
+    summary = {(r["sequence"], r["kind"]): r for r in fidelity.real_baseline_summary(rows)}
+    assert summary[("t1", "split-half")] == {"sequence": "t1", "kind": "split-half", "pairs": 2, "FID mean": 3.0,
+                                             "FID min": 2.0, "FID max": 4.0, "KID mean": pytest.approx(0.2)}
+    assert summary[("t1", "between-sites")]["KID mean"] is None and summary[("t2", "split-half")]["pairs"] == 1

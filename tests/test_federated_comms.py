@@ -5,6 +5,7 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from catphish.artifacts import file_bytes
 from catphish.errors import CatphishError
 from catphish.federated.comms import (
     ByteCountingGrid,
@@ -13,7 +14,6 @@ from catphish.federated.comms import (
     compress_update,
     decompress_update,
     federated_run_bytes,
-    file_bytes,
     numpy_to_arrays,
     restore_dtypes,
     wire_bytes,

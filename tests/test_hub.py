@@ -166,6 +166,10 @@ def test_filter_keeps_a_diverse_subset_and_reports_counts(packages, tmp_path):
     with pytest.raises(CatphishError, match="--within must be site or site-class, got 'class'"):
         hub.filter_cohort(hub.FilterRequest(cohort=str(tmp_path / "syn"), out=str(tmp_path / "x"), within="class"))
     assert not (tmp_path / "x").exists()
+    with pytest.raises(CatphishError) as refused:  # filter has no --resume, so the refusal does not suggest it
+        hub.filter_cohort(hub.FilterRequest(cohort=str(tmp_path / "syn"), out=str(tmp_path / "kept"), percentile=30))
+    expected = f"{tmp_path / 'kept'}: filtered cohort folder already exists (use --overwrite to replace it)"
+    assert str(refused.value) == expected
 
 
 def test_filter_drops_a_case_with_an_empty_segmentation_instead_of_failing(packages, tmp_path):

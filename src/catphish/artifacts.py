@@ -22,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +252,19 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_bytes(paths: Iterable[str | Path]) -> int:
+    """Total size of files, or of every file inside folders (a site package folder, a prepared cache)."""
+    total = 0
+    for path in map(Path, paths):
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        else:
+            raise CatphishError(f"{path}: does not exist (cannot count its bytes)")
+    return total
+
+
 def hash_inputs(paths: list[str | Path]) -> dict[str, str]:
     """sha256 of each input: a file's own hash, or for a folder the hash of its sorted (path, file hash) list."""
     hashes: dict[str, str] = {}
@@ -327,11 +340,12 @@ def _check_format_version(version: Any, path: Path) -> None:
 
 
 def open_output_dir(path: str | Path, fingerprint: dict[str, Any], *, resume: bool = False,
-                    overwrite: bool = False, what: str = "output") -> bool:
+                    overwrite: bool = False, what: str = "output", resumable: bool = True) -> bool:
     """Create or reopen an output folder; returns True when an unfinished run of the same config is resumed.
 
     A folder holding another run (different fingerprint) is refused unless ``overwrite``; an existing folder is
-    refused unless ``resume`` or ``overwrite``.
+    refused unless ``resume`` or ``overwrite``. ``resumable=False``: the command has no ``--resume``, so the refusal
+    does not suggest it.
     """
     path = Path(path)
     marker = path / ".fingerprint.json"
@@ -340,8 +354,8 @@ def open_output_dir(path: str | Path, fingerprint: dict[str, Any], *, resume: bo
         if overwrite:
             shutil.rmtree(path)
         elif not resume:
-            raise CatphishError(f"{path}: {what} folder already exists (use --resume to continue it or "
-                                "--overwrite to replace it)")
+            hint = "--resume to continue it or --overwrite to replace it" if resumable else "--overwrite to replace it"
+            raise CatphishError(f"{path}: {what} folder already exists (use {hint})")
         elif not marker.exists() or read_json(marker) != fingerprint:
             raise CatphishError(f"{path}: holds a different run (other config or inputs); "
                                 "use --overwrite to replace it or choose another folder")

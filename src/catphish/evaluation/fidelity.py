@@ -15,7 +15,10 @@ Which features these numbers are computed on matters as much as the formula: see
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import linalg
@@ -118,6 +121,22 @@ def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> Pre
     precision = manifold_coverage(real, knn_radii(real, k), generated)
     recall = manifold_coverage(generated, knn_radii(generated, k), real)
     return PrecisionRecall(precision, recall, k)
+
+
+def real_baseline_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The real-vs-real scale per sequence and kind (split halves of a site, pairs of sites), from the rows of
+    ``real_baselines``: number of pairs, mean FID/KID and the FID range."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(str(row["sequence"]), str(row["kind"]))].append(row)
+    summary = []
+    for (sequence, kind), members in groups.items():
+        fids = [float(r["fid"]) for r in members]
+        kids = [float(r["kid"]) for r in members if r.get("kid") is not None]
+        summary.append({"sequence": sequence, "kind": kind, "pairs": len(members),
+                        "FID mean": float(np.mean(fids)), "FID min": min(fids), "FID max": max(fids),
+                        "KID mean": float(np.mean(kids)) if kids else None})
+    return summary
 
 
 def _features(values: np.ndarray, what: str) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from catphish.artifacts import read_json, verify_folder
+from catphish.artifacts import file_bytes, read_json, verify_folder
 from catphish.evaluation.tables import Table, Value
 
 DESCRIPTION = ("Site packages and their privacy audits (measured at each site on its own data): membership-inference "
@@ -26,7 +26,7 @@ def privacy_rows(packages: Sequence[str | Path]) -> list[dict[str, Value]]:
         verify_folder(package, kind="site-package")
         card = read_json(package / "card.json")
         row: dict[str, Value] = {"site": card.get("site"), "task": card.get("task"),
-                                 "package MB": round(folder_bytes(package) / 1e6, 2)}
+                                 "package MB": round(file_bytes([package]) / 1e6, 2)}
         audit = card.get("audit")
         if audit:
             row.update({"generated cases": audit.get("generated_cases"),
@@ -49,6 +49,3 @@ def privacy_table(packages: Sequence[str | Path]) -> Table:
                   "max_pearson": "largest Pearson correlation of a generated case to any training case (memorisation)",
                   "source": "the `audit` section of each package's card.json, written by `catphish site audit`"})
 
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

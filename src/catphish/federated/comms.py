@@ -158,19 +158,6 @@ class CommunicationRow:
     ratio_to_catphishing: float | None
 
 
-def file_bytes(paths: Iterable[str | Path]) -> int:
-    """Total size of files, or of every file inside folders (a site package folder, a prepared cache)."""
-    total = 0
-    for path in map(Path, paths):
-        if path.is_file():
-            total += path.stat().st_size
-        elif path.is_dir():
-            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        else:
-            raise CatphishError(f"{path}: does not exist (cannot count its bytes)")
-    return total
-
-
 def federated_run_bytes(run_dir: str | Path) -> int:
     """Everything a federated run moved (all rounds of every stage, both directions), from its ``rounds.csv`` files."""
     run_dir = Path(run_dir)

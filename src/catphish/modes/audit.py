@@ -188,7 +188,8 @@ def share_synthetic(package_dir: str | Path, data_dir: str | Path, n: int, out: 
     distance = screen.nearest_distance(space.embed(synthetic))
     allowed = distance >= screen.threshold_
     open_output_dir(out, {"package": str(Path(package_dir).resolve()), "n": n, "percentile": percentile,
-                          "features": features, "seed": seed}, overwrite=overwrite, what="shared cohort")
+                          "features": features, "seed": seed}, overwrite=overwrite, what="shared cohort",
+                    resumable=False)
     with run_record(out, "site share-synthetic", None, seed, inputs=[package_dir]) as record:
         rows = _write_shared(out, package, synthetic[allowed], [c for c, a in zip(labels, allowed, strict=True) if a])
         report = {"site": package.site, "task": package.task, "generated": int(n), "blocked": int((~allowed).sum()),

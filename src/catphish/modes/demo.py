@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catphish.artifacts import read_json, write_json
+from catphish.artifacts import file_bytes, read_json, write_json
 from catphish.config import DEMO_PER_CLASS, DEMO_ROUNDS
 from catphish.errors import CatphishError
+from catphish.evaluation.fidelity import real_baseline_summary
 from catphish.reporting.benchmarks import stage_timeline
 from catphish.runtime import console, log, progress_bar, resolve_device, settings
 
@@ -254,7 +255,7 @@ class Demo:
     def communication(self, data: Path, packages: Sequence[str]) -> None:
         """Exact bytes leaving the sites per mode (paper, Supplementary Note 7), for the report and BENCHMARKS.md:
         centralized sends the training sites' NIfTI files, as `catphish bench comms` counts them."""
-        from catphish.federated.comms import communication_table, federated_run_bytes, file_bytes
+        from catphish.federated.comms import communication_table, federated_run_bytes
 
         centralized = file_bytes([data / site for site in TRAINING_SITES])
         rows = communication_table(centralized, federated_run_bytes(self.run_dir("federated")),
@@ -290,11 +291,11 @@ class Demo:
                          "McNemar vs centralized": (mcnemar or {}).get("reported", reference),
                          "McNemar p": (mcnemar or {}).get("p_value")})
         fidelity = read_json(self.path("eval-synthesis", "fidelity_summary.json"))["rows"]
-        baselines = read_json(self.path("eval-synthesis", "real_baselines.json"))["rows"]
+        baselines = real_baseline_summary(read_json(self.path("eval-synthesis", "real_baselines.json"))["rows"])
+        fid_means = {(b["sequence"], b["kind"]): b["FID mean"] for b in baselines}
         for row in fidelity:  # the real-vs-real scale against which the synthetic distances are read
             for kind in ("split-half", "between-sites"):
-                values = [float(b["fid"]) for b in baselines if b["sequence"] == row["sequence"] and b["kind"] == kind]
-                row[f"real_{kind.replace('-', '_')}_fid_mean"] = sum(values) / len(values) if values else None
+                row[f"real_{kind.replace('-', '_')}_fid_mean"] = fid_means.get((row["sequence"], kind))
         timeline = stage_timeline(self.stage_records())
         summary = {"report": str(self.path("report.html").resolve()), "modes": rows, "fidelity": fidelity,
                    "stages": {r.name: round(r.seconds, 1) for r in self.results},

@@ -220,8 +220,8 @@ def communication_benchmark(run: Path, packages: Sequence[Path], data: Path, tra
     Centralized: the training sites' image files (``data/<site>``); federated: every message of the FL run, measured;
     CATphishing: the site packages, each sent once. The Markdown goes into the ``comms`` section of BENCHMARKS.md.
     """
-    from catphish.artifacts import read_json
-    from catphish.federated.comms import communication_markdown, communication_table, federated_run_bytes, file_bytes
+    from catphish.artifacts import file_bytes, read_json
+    from catphish.federated.comms import communication_markdown, communication_table, federated_run_bytes
     from catphish.federated.rounds import read_rounds_csv
     from catphish.reporting.benchmarks import machine_line, update_section
 

@@ -357,7 +357,7 @@ def filter_cohort(request: FilterRequest, seed: int = 0) -> dict[str, Any]:
     out = Path(request.out)
     settings = {"percentile": request.percentile, "min_mask_voxels": request.min_mask_voxels, "within": request.within}
     open_output_dir(out, {"cohort": str(source.resolve()), **settings}, overwrite=request.overwrite,
-                    what="filtered cohort")
+                    what="filtered cohort", resumable=False)
     with run_record(out, "hub filter", settings, seed, inputs=[source]) as record:
         decisions, features, names = [], [], []
         with progress_bar() as progress:

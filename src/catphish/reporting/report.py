@@ -27,6 +27,7 @@ from catphish import __version__
 from catphish.artifacts import atomic_write_text, read_json
 from catphish.config import TASK_CLASSES
 from catphish.errors import CatphishError
+from catphish.evaluation.fidelity import real_baseline_summary
 from catphish.reporting.benchmarks import stage_timeline
 from catphish.reporting.html import Page
 
@@ -301,23 +302,7 @@ def _fidelity(page: Page, tables: dict[str, dict[str, Any]], figures: dict[str, 
         if name in tables and tables[name]["rows"]:
             section.heading(tables[name]["description"])
             rows = tables[name]["rows"]
-            section.table(_baseline_summary(rows) if name == "real_baselines" else rows)
-
-
-def _baseline_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per sequence and kind (split halves of a site, pairs of sites): mean FID/KID and the FID range; every pair is in
-    the evaluation folder's real_baselines.csv."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[(str(row["sequence"]), str(row["kind"]))].append(row)
-    summary = []
-    for (sequence, kind), members in groups.items():
-        fids = [float(r["fid"]) for r in members]
-        kids = [float(r["kid"]) for r in members if r.get("kid") is not None]
-        summary.append({"sequence": sequence, "kind": kind, "pairs": len(members),
-                        "FID mean": float(np.mean(fids)), "FID min": min(fids), "FID max": max(fids),
-                        "KID mean": float(np.mean(kids)) if kids else None})
-    return summary
+            section.table(real_baseline_summary(rows) if name == "real_baselines" else rows)
 
 
 def _fid_figure(sequence: str, matrix: dict[str, Any], metric: str = "FID") -> plt.Figure:
